@@ -1,0 +1,236 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use parking_lot::{Condvar, Mutex};
+
+/// One decoded RGB frame (8 bits per channel, packed, rows `stride` bytes apart).
+///
+/// Cloning is cheap: the pixels are the GStreamer buffer itself, mapped
+/// read-only and shared, never copied.
+#[derive(Clone)]
+pub struct Frame {
+    inner: Arc<FrameInner>,
+}
+
+struct FrameInner {
+    camera: Arc<str>,
+    seq: u64,
+    captured_at: SystemTime,
+    captured_instant: Instant,
+    pts: Option<Duration>,
+    width: u32,
+    height: u32,
+    stride: usize,
+    pixels: Pixels,
+}
+
+enum Pixels {
+    Gst(gst::MappedBuffer<gst::buffer::Readable>),
+    Owned(Vec<u8>),
+}
+
+impl Frame {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_gst(
+        camera: Arc<str>,
+        seq: u64,
+        captured_at: SystemTime,
+        captured_instant: Instant,
+        pts: Option<Duration>,
+        width: u32,
+        height: u32,
+        stride: usize,
+        buffer: gst::MappedBuffer<gst::buffer::Readable>,
+    ) -> Frame {
+        Frame {
+            inner: Arc::new(FrameInner {
+                camera,
+                seq,
+                captured_at,
+                captured_instant,
+                pts,
+                width,
+                height,
+                stride,
+                pixels: Pixels::Gst(buffer),
+            }),
+        }
+    }
+
+    /// A frame from packed RGB bytes, for tools (`vigil infer` on images) and tests.
+    pub fn from_rgb(camera: &str, seq: u64, width: u32, height: u32, rgb: Vec<u8>) -> Frame {
+        assert_eq!(rgb.len(), width as usize * height as usize * 3, "packed RGB size");
+        Frame {
+            inner: Arc::new(FrameInner {
+                camera: camera.into(),
+                seq,
+                captured_at: SystemTime::now(),
+                captured_instant: Instant::now(),
+                pts: None,
+                width,
+                height,
+                stride: width as usize * 3,
+                pixels: Pixels::Owned(rgb),
+            }),
+        }
+    }
+
+    pub fn camera(&self) -> &str {
+        &self.inner.camera
+    }
+    /// Position of this frame in the camera's stream since Vigil started it.
+    pub fn seq(&self) -> u64 {
+        self.inner.seq
+    }
+    /// Wall-clock time at which the frame left the decoder.
+    pub fn captured_at(&self) -> SystemTime {
+        self.inner.captured_at
+    }
+    /// Monotonic twin of `captured_at`, for latency measurements.
+    pub fn captured_instant(&self) -> Instant {
+        self.inner.captured_instant
+    }
+    /// Presentation timestamp from the stream, when it has one.
+    pub fn pts(&self) -> Option<Duration> {
+        self.inner.pts
+    }
+    pub fn width(&self) -> u32 {
+        self.inner.width
+    }
+    pub fn height(&self) -> u32 {
+        self.inner.height
+    }
+    /// Bytes between the starts of two rows; can exceed `width * 3`.
+    pub fn stride(&self) -> usize {
+        self.inner.stride
+    }
+    pub fn data(&self) -> &[u8] {
+        match &self.inner.pixels {
+            Pixels::Gst(b) => b.as_slice(),
+            Pixels::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("camera", &self.inner.camera)
+            .field("seq", &self.inner.seq)
+            .field("width", &self.inner.width)
+            .field("height", &self.inner.height)
+            .field("stride", &self.inner.stride)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A one-frame mailbox between a camera and its consumer: the newest frame wins.
+///
+/// Real time matters more than processing every frame: when the consumer is
+/// slower than the camera, the frame it has not taken yet is replaced, and
+/// the replacement is counted (`dropped`), never silent.
+#[derive(Debug, Default)]
+pub struct FrameSlot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    frame: Option<Frame>,
+    closed: bool,
+}
+
+impl FrameSlot {
+    pub fn new() -> Arc<FrameSlot> {
+        Arc::new(FrameSlot::default())
+    }
+
+    /// Stores `frame`, replacing (and counting) one the consumer never took.
+    pub fn put(&self, frame: Frame) {
+        let mut st = self.state.lock();
+        if st.frame.replace(frame).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Waits up to `timeout` for a frame. `None` on timeout or once closed.
+    pub fn take_timeout(&self, timeout: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock();
+        loop {
+            if let Some(f) = st.frame.take() {
+                return Some(f);
+            }
+            if st.closed || self.ready.wait_until(&mut st, deadline).timed_out() {
+                return st.frame.take();
+            }
+        }
+    }
+
+    /// Wakes the consumer for good: after this `take_timeout` returns `None`
+    /// as soon as the slot is empty.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Frames replaced before the consumer took them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64) -> Frame {
+        Frame::from_rgb("t", seq, 2, 1, vec![0; 6])
+    }
+
+    #[test]
+    fn keeps_the_newest_frame_and_counts_the_replaced_one() {
+        let slot = FrameSlot::new();
+        slot.put(frame(1));
+        slot.put(frame(2));
+        slot.put(frame(3));
+        let got = slot.take_timeout(Duration::from_millis(1)).map(|f| f.seq());
+        assert_eq!(got, Some(3));
+        assert_eq!(slot.dropped(), 2);
+        assert!(slot.take_timeout(Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn wakes_a_waiting_consumer_when_a_frame_arrives() {
+        let slot = FrameSlot::new();
+        let producer = {
+            let slot = slot.clone();
+            std::thread::spawn(move || slot.put(frame(7)))
+        };
+        let got = slot.take_timeout(Duration::from_secs(10)).map(|f| f.seq());
+        producer.join().expect("producer thread");
+        assert_eq!(got, Some(7));
+    }
+
+    #[test]
+    fn close_releases_the_consumer() {
+        let slot = FrameSlot::new();
+        let closer = {
+            let slot = slot.clone();
+            std::thread::spawn(move || slot.close())
+        };
+        assert!(slot.take_timeout(Duration::from_secs(10)).is_none());
+        closer.join().expect("closer thread");
+        assert!(slot.is_closed());
+    }
+}

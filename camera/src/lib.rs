@@ -1,0 +1,34 @@
+//! vigil-camera: turns a camera URI into a stream of RGB frames.
+//!
+//! ```text
+//!  Source::parse("rtsp://…")          one OS thread per camera (supervisor)
+//!        │                             ┌───────────────────────────────────────────┐
+//!        ▼                             │ build pipeline → PLAYING → watch bus      │
+//!  launch string:                      │   error / EOS / no frame for stall_timeout│
+//!  <head> ! videorate ! videoconvert   │   → tear down, back off, rebuild          │
+//!         ! video/x-raw,format=RGB     └───────────────────────────────────────────┘
+//!         ! appsink(max-buffers=1, drop)
+//!        │ new-sample (GStreamer streaming thread)
+//!        ▼
+//!  FrameSlot: holds the newest frame only; a frame not taken before the next
+//!  arrives is replaced and counted as dropped.
+//! ```
+//!
+//! This is the only crate that links GStreamer: its types never leave it.
+//! A [`Frame`] owns the mapped GStreamer buffer, so pixels are never copied
+//! between the decoder and inference.
+
+mod error;
+mod frame;
+mod source;
+mod supervisor;
+
+pub use error::CameraError;
+pub use frame::{Frame, FrameSlot};
+pub use source::Source;
+pub use supervisor::{Camera, CameraOptions, CameraState, CameraStats, CameraStatus, validate};
+
+/// Initialises GStreamer once per process. Safe to call repeatedly.
+pub fn init() -> Result<(), CameraError> {
+    gstreamer::init().map_err(|e| CameraError::GstInit(e.to_string()))
+}

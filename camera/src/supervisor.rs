@@ -1,0 +1,484 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use parking_lot::{Condvar, Mutex};
+
+use crate::{CameraError, Frame, FrameSlot, Source};
+
+/// How a camera is run and watched.
+#[derive(Debug, Clone)]
+pub struct CameraOptions {
+    /// Upper bound on frames per second handed to inference; extra frames are
+    /// dropped right after decode, before colour conversion costs anything.
+    pub fps: Option<u32>,
+    /// No frame for this long while streaming: the camera counts as stalled
+    /// and its pipeline is rebuilt.
+    pub stall_timeout: Duration,
+    /// The first frame must arrive within this long of starting.
+    pub start_timeout: Duration,
+    /// First wait before a reconnect; doubles on each failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for CameraOptions {
+    fn default() -> Self {
+        CameraOptions {
+            fps: None,
+            stall_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(20),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a camera is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraState {
+    /// Pipeline built, waiting for the first frame.
+    Starting,
+    /// Frames are flowing.
+    Streaming,
+    /// No frame within the stall timeout; about to reconnect.
+    Stalled,
+    /// Waiting out the back-off before the next attempt.
+    Reconnecting,
+    /// A configuration problem that retrying cannot fix (e.g. a launch string
+    /// that does not parse). Reported, never retried.
+    Failed,
+    /// Shut down on request.
+    Stopped,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Streaming => "streaming",
+            CameraState::Stalled => "stalled",
+            CameraState::Reconnecting => "reconnecting",
+            CameraState::Failed => "failed",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters and state shared between the camera's threads and readers
+/// (health, metrics).
+#[derive(Debug)]
+pub struct CameraStats {
+    frames_received: AtomicU64,
+    reconnects: AtomicU64,
+    /// Nanoseconds after `epoch` of the newest frame; 0 = none yet.
+    last_frame_ns: AtomicU64,
+    epoch: Instant,
+    status: Mutex<(CameraState, Option<String>)>,
+    frame_size: Mutex<Option<(u32, u32)>>,
+}
+
+/// A snapshot of a camera's health.
+#[derive(Debug, Clone)]
+pub struct CameraStatus {
+    pub state: CameraState,
+    pub last_error: Option<String>,
+    pub last_frame_age: Option<Duration>,
+    pub frames_received: u64,
+    /// Frames the consumer never took because a newer one replaced them.
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+    pub frame_size: Option<(u32, u32)>,
+}
+
+impl CameraStats {
+    fn new() -> CameraStats {
+        CameraStats {
+            frames_received: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_frame_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            status: Mutex::new((CameraState::Starting, None)),
+            frame_size: Mutex::new(None),
+        }
+    }
+
+    fn set_state(&self, state: CameraState) {
+        self.status.lock().0 = state;
+    }
+
+    fn set_error(&self, state: CameraState, error: String) {
+        *self.status.lock() = (state, Some(error));
+    }
+
+    fn state(&self) -> CameraState {
+        self.status.lock().0
+    }
+
+    fn last_frame_at(&self) -> Option<Instant> {
+        match self.last_frame_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.epoch + Duration::from_nanos(ns)),
+        }
+    }
+}
+
+/// A running camera: a supervisor thread that keeps its pipeline alive.
+#[derive(Debug)]
+pub struct Camera {
+    name: Arc<str>,
+    source: Source,
+    stats: Arc<CameraStats>,
+    slot: Arc<FrameSlot>,
+    stop: Arc<StopSignal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct StopSignal {
+    stopped: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl StopSignal {
+    fn is_set(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+    fn set(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _g = self.lock.lock();
+        self.cv.notify_all();
+    }
+    /// Sleeps for `d` unless stopped first. Returns true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock.lock();
+        while !self.is_set() {
+            if self.cv.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+        self.is_set()
+    }
+}
+
+impl Camera {
+    /// Starts the camera in the background and returns at once: a slow or
+    /// dead camera never delays startup of anything else.
+    pub fn start(name: &str, source: Source, options: CameraOptions, slot: Arc<FrameSlot>) -> Camera {
+        let name: Arc<str> = name.into();
+        let stats = Arc::new(CameraStats::new());
+        let stop = Arc::new(StopSignal::default());
+        let thread = {
+            let (name, source, stats, slot, stop) =
+                (name.clone(), source.clone(), stats.clone(), slot.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("cam-{name}"))
+                .spawn(move || {
+                    let span = tracing::info_span!("camera", camera = %name);
+                    let _e = span.enter();
+                    supervise(&name, &source, &options, &stats, &slot, &stop);
+                })
+                .expect("spawning a camera thread")
+        };
+        Camera { name, source, stats, slot, stop, thread: Some(thread) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn slot(&self) -> &Arc<FrameSlot> {
+        &self.slot
+    }
+
+    pub fn status(&self) -> CameraStatus {
+        let (state, last_error) = self.stats.status.lock().clone();
+        CameraStatus {
+            state,
+            last_error,
+            last_frame_age: self.stats.last_frame_at().map(|t| t.elapsed()),
+            frames_received: self.stats.frames_received.load(Ordering::Relaxed),
+            frames_dropped: self.slot.dropped(),
+            reconnects: self.stats.reconnects.load(Ordering::Relaxed),
+            frame_size: *self.stats.frame_size.lock(),
+        }
+    }
+
+    /// Stops the pipeline and closes the frame slot, so the consumer sees the
+    /// end of the stream. Waits for the supervisor thread.
+    pub fn stop(&mut self) {
+        self.stop.set();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.slot.close();
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Why one run of a pipeline ended.
+enum RunEnd {
+    Stopped,
+    /// Worth retrying: network errors, EOS of a live stream, stalls.
+    Retry(String),
+    /// Retrying cannot help.
+    Fatal(String),
+}
+
+fn supervise(
+    name: &Arc<str>,
+    source: &Source,
+    options: &CameraOptions,
+    stats: &Arc<CameraStats>,
+    slot: &Arc<FrameSlot>,
+    stop: &StopSignal,
+) {
+    let mut backoff = options.backoff_initial;
+    let mut seq = 0u64;
+    while !stop.is_set() {
+        stats.set_state(CameraState::Starting);
+        let started = Instant::now();
+        let end = run_pipeline(name, source, options, stats, slot, stop, &mut seq);
+        match end {
+            RunEnd::Stopped => break,
+            RunEnd::Fatal(error) => {
+                tracing::error!(%error, "camera failed; fix its configuration");
+                stats.set_error(CameraState::Failed, error);
+                // Park until shutdown: a bad pipeline description will not fix itself.
+                while !stop.sleep(Duration::from_secs(3600)) {}
+                break;
+            }
+            RunEnd::Retry(error) => {
+                // A run that streamed for a while was a success: start the
+                // back-off over, so a camera that blips once a day reconnects fast.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = options.backoff_initial;
+                }
+                let wait = jitter(backoff);
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "camera lost; reconnecting");
+                if stats.state() != CameraState::Stalled {
+                    stats.set_error(CameraState::Reconnecting, error);
+                } else {
+                    stats.status.lock().1 = Some(error);
+                }
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                if stop.sleep(wait) {
+                    break;
+                }
+                stats.set_state(CameraState::Reconnecting);
+                backoff = (backoff * 2).min(options.backoff_max);
+            }
+        }
+    }
+    stats.set_state(CameraState::Stopped);
+}
+
+/// +-20 % so that many cameras behind one failed switch do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+    d.mul_f64(factor)
+}
+
+fn launch_string(source: &Source, options: &CameraOptions) -> String {
+    let rate = match options.fps {
+        Some(fps) => format!(" ! videorate drop-only=true max-rate={fps}"),
+        None => String::new(),
+    };
+    let sync = source.is_file();
+    format!(
+        "{head}{rate} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop=true sync={sync} emit-signals=false",
+        head = source.launch_head(),
+    )
+}
+
+/// Builds the pipeline without starting it: used by `vigil check` to find
+/// launch strings that do not parse and elements that are not installed.
+pub fn validate(source: &Source) -> Result<(), CameraError> {
+    crate::init()?;
+    source.check_exists()?;
+    let pipeline = gst::parse::launch(&launch_string(source, &CameraOptions::default()))
+        .map_err(|e| CameraError::Pipeline(e.to_string()))?;
+    let _ = pipeline.set_state(gst::State::Null);
+    Ok(())
+}
+
+fn run_pipeline(
+    name: &Arc<str>,
+    source: &Source,
+    options: &CameraOptions,
+    stats: &Arc<CameraStats>,
+    slot: &Arc<FrameSlot>,
+    stop: &StopSignal,
+    seq: &mut u64,
+) -> RunEnd {
+    if let Err(e) = source.check_exists() {
+        return RunEnd::Retry(e.to_string());
+    }
+    let launch = launch_string(source, options);
+    let pipeline = match gst::parse::launch(&launch) {
+        Ok(p) => p,
+        Err(e) => return RunEnd::Fatal(format!("the pipeline could not be built: {e}")),
+    };
+    let Some(pipeline) = pipeline.downcast_ref::<gst::Pipeline>().cloned() else {
+        return RunEnd::Fatal("the launch string did not produce a pipeline".into());
+    };
+    let Some(sink) = pipeline
+        .by_name("vigil_sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+    else {
+        return RunEnd::Fatal("internal: appsink missing from the pipeline".into());
+    };
+
+    let next_seq = Arc::new(AtomicU64::new(*seq));
+    {
+        let (name, stats, slot, next_seq) = (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
+        // Caps rarely change; remember the parsed video info for the last caps seen.
+        let info_cache: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
+                    let info = {
+                        let mut cache = info_cache.lock();
+                        match cache.as_ref() {
+                            Some((c, info)) if c.as_ref() == caps => info.clone(),
+                            _ => {
+                                let info = gst_video::VideoInfo::from_caps(caps)
+                                    .map_err(|_| gst::FlowError::NotNegotiated)?;
+                                *cache = Some((caps.to_owned(), info.clone()));
+                                info
+                            }
+                        }
+                    };
+                    let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
+                    let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+                    let mapped = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
+                    let now = Instant::now();
+                    let frame = Frame::from_gst(
+                        name.clone(),
+                        next_seq.fetch_add(1, Ordering::Relaxed),
+                        SystemTime::now(),
+                        now,
+                        pts,
+                        info.width(),
+                        info.height(),
+                        info.stride()[0] as usize,
+                        mapped,
+                    );
+                    stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .last_frame_ns
+                        .store(now.duration_since(stats.epoch).as_nanos().max(1) as u64, Ordering::Release);
+                    *stats.frame_size.lock() = Some((info.width(), info.height()));
+                    slot.put(frame);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    }
+
+    let end = watch(&pipeline, source, options, stats, stop, &next_seq);
+    let _ = pipeline.set_state(gst::State::Null);
+    *seq = next_seq.load(Ordering::Relaxed);
+    end
+}
+
+fn watch(
+    pipeline: &gst::Pipeline,
+    source: &Source,
+    options: &CameraOptions,
+    stats: &CameraStats,
+    stop: &StopSignal,
+    next_seq: &AtomicU64,
+) -> RunEnd {
+    let Some(bus) = pipeline.bus() else {
+        return RunEnd::Fatal("internal: pipeline without a bus".into());
+    };
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        // The details are on the bus; pick them up below.
+        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(err) = msg.view() {
+                return RunEnd::Retry(describe_error(err, source));
+            }
+        }
+        return RunEnd::Retry(format!("the pipeline would not start: {e}"));
+    }
+    let started = Instant::now();
+    let first_seq = next_seq.load(Ordering::Relaxed);
+    loop {
+        if stop.is_set() {
+            return RunEnd::Stopped;
+        }
+        if let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error, gst::MessageType::Eos],
+        ) {
+            match msg.view() {
+                gst::MessageView::Error(err) => return RunEnd::Retry(describe_error(err, source)),
+                gst::MessageView::Eos(_) => {
+                    let what = if source.is_file() { "end of file; playing it again" } else { "the stream ended" };
+                    return RunEnd::Retry(what.into());
+                }
+                _ => {}
+            }
+        }
+        let got_frame = next_seq.load(Ordering::Relaxed) > first_seq;
+        if !got_frame {
+            if started.elapsed() > options.start_timeout {
+                return RunEnd::Retry(format!(
+                    "no frame within {:.0} s of starting",
+                    options.start_timeout.as_secs_f64()
+                ));
+            }
+            continue;
+        }
+        if stats.state() == CameraState::Starting {
+            stats.set_state(CameraState::Streaming);
+            tracing::info!("camera streaming");
+        }
+        let age = stats.last_frame_at().map(|t| t.elapsed()).unwrap_or_default();
+        if age > options.stall_timeout {
+            let error = format!("no frame for {:.1} s (stall timeout)", age.as_secs_f64());
+            stats.set_error(CameraState::Stalled, error.clone());
+            return RunEnd::Retry(error);
+        }
+    }
+}
+
+fn describe_error(err: &gst::message::Error, source: &Source) -> String {
+    let mut text = err.error().to_string();
+    if let Some(debug) = err.debug() {
+        // The first line of the debug string names the failing element and the cause.
+        if let Some(first) = debug.lines().next() {
+            text = format!("{text} ({})", first.trim());
+        }
+    }
+    // Element errors can echo the URI; keep passwords out of logs and health.
+    if let Source::Rtsp { url } | Source::Http { url } = source {
+        if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
+            text = text.replace(pw, "***");
+        }
+    }
+    text
+}

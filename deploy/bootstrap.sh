@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Installs everything Vigil needs on a Debian 12 machine, idempotently.
+#
+#   sudo deploy/bootstrap.sh          # or as root
+#
+# What it does, and why each step exists:
+#   1. apt packages: GStreamer (dev headers for the `camera` crate, plugins for
+#      every source Vigil supports, the RTSP server library the tests use),
+#      Mosquitto (the broker the demo and the tests run), build tools.
+#   2. Rust, through rustup, only when no cargo is on PATH (Debian's rustc is too old).
+#   3. The ONNX Runtime shared library, taken from the PyPI `onnxruntime` wheel
+#      (the only distribution channel reachable from an offline edge network
+#      with a PyPI mirror), unpacked into .deps/onnxruntime/ in this checkout.
+#      `.cargo/config.toml` bakes that path into every binary built here, so
+#      nobody has to set ORT_DYLIB_PATH.
+#   4. A Python virtualenv in .deps/venv with the light tools the fixture
+#      scripts and parity tests use (onnx, numpy, onnxruntime, OpenCV).
+#
+# Re-running it is fast: every step first checks whether its result is present.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/.deps"
+ORT_VERSION="1.31.1"
+ORT_DIR="$DEPS/onnxruntime"
+VENV="$DEPS/venv"
+
+log() { printf '\033[1;34m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then SUDO="sudo"; fi
+fi
+
+APT_PACKAGES=(
+    ca-certificates curl unzip build-essential pkg-config
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
+    libgstrtspserver-1.0-dev
+    mosquitto mosquitto-clients
+    python3 python3-venv python3-pip
+)
+
+apt_install() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        log "apt packages present"
+        return
+    fi
+    log "installing apt packages: ${missing[*]}"
+    # Another process (unattended-upgrades, a parallel bootstrap) may hold the
+    # dpkg lock for a moment: retry rather than fail the whole install.
+    local try
+    for try in 1 2 3 4 5; do
+        if $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+            return
+        fi
+        log "apt-get failed (try $try), retrying in 5 s"
+        sleep 5
+    done
+    log "apt-get failed; see the messages above"
+    exit 1
+}
+
+rust_install() {
+    if command -v cargo >/dev/null; then
+        log "rust present: $(cargo --version)"
+        return
+    fi
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        log "rust present in ~/.cargo/bin (add it to PATH)"
+        return
+    fi
+    log "installing rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+}
+
+python_cmd() {
+    # Prefer the interpreter on PATH (pyenv on developer machines), else Debian's.
+    command -v python3
+}
+
+venv_install() {
+    local stamp="$VENV/.vigil-requirements"
+    local req="$ROOT/deploy/requirements-fixtures.txt"
+    if [ -f "$stamp" ] && cmp -s "$stamp" "$req"; then
+        log "python tools present in $VENV"
+        return
+    fi
+    log "creating python tools venv in $VENV"
+    "$(python_cmd)" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+}
+
+ort_install() {
+    local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+    if [ -f "$lib" ]; then
+        log "onnxruntime $ORT_VERSION present in $ORT_DIR"
+    else
+        log "fetching onnxruntime $ORT_VERSION shared library from the PyPI wheel"
+        local tmp
+        tmp="$(mktemp -d)"
+        # The wheel is the same for every CPython version as far as the C
+        # library is concerned; pin the platform so any local python can fetch it.
+        "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps \
+            --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 \
+            "onnxruntime==$ORT_VERSION" -d "$tmp"
+        mkdir -p "$ORT_DIR"
+        unzip -q -j -o "$tmp"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$ORT_DIR"
+        rm -rf "$tmp"
+    fi
+    ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so.1"
+    ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
+}
+
+apt_install
+rust_install
+venv_install
+ort_install
+log "done"

@@ -1,0 +1,84 @@
+//! The detector through real ONNX Runtime, on the committed ball fixture.
+
+use std::path::PathBuf;
+
+use vigil_inference::{Detector, ImageView, InferenceError, ModelOptions, Scratch};
+
+fn ball_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ball/ball.onnx")
+}
+
+/// A white disk of radius `r` centred on (cx, cy), on black, packed RGB with
+/// `pad` spare bytes at the end of each row.
+fn disk_image(w: usize, h: usize, pad: usize, disks: &[(f32, f32, f32)]) -> Vec<u8> {
+    let stride = w * 3 + pad;
+    let mut img = vec![0u8; stride * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            if disks.iter().any(|&(cx, cy, r)| (px - cx).powi(2) + (py - cy).powi(2) <= r * r) {
+                img[y * stride + x * 3..y * stride + x * 3 + 3].fill(255);
+            }
+        }
+    }
+    img
+}
+
+fn options() -> ModelOptions {
+    ModelOptions { confidence: 0.5, iou: 0.45, ..ModelOptions::default() }
+}
+
+#[test]
+fn finds_the_ball_where_it_is_in_a_non_square_image() {
+    let det = Detector::load("ball", &ball_model(), options()).expect("load");
+    assert_eq!(det.info().labels, vec!["ball".to_string()]);
+    assert_eq!((det.info().input_width, det.info().input_height), (640, 640));
+    assert_eq!(det.info().sha256.len(), 64);
+    let mut scratch = Scratch::default();
+    // 1280x720 with padded rows: letterboxed to 640x360 with 140 px bars.
+    for &(cx, cy) in &[(200.0f32, 150.0f32), (1000.0, 600.0), (640.0, 360.0)] {
+        let (w, h, pad) = (1280usize, 720usize, 4usize);
+        let img = disk_image(w, h, pad, &[(cx, cy, 40.0)]);
+        let view = ImageView::new(&img, w as u32, h as u32, w * 3 + pad).expect("view");
+        let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        let (bx, by) = dets[0].bbox.center();
+        assert!((bx - cx).abs() <= 1.0 && (by - cy).abs() <= 1.0, "ball at {cx},{cy}, box centre {bx},{by}");
+        let bw = dets[0].bbox.x2 - dets[0].bbox.x1;
+        assert!((bw - 80.0).abs() <= 4.0, "box width {bw}");
+        assert!(dets[0].score > 0.5 && dets[0].score <= 1.0);
+    }
+}
+
+#[test]
+fn finds_two_balls_and_nothing_in_an_empty_frame() {
+    let det = Detector::load("ball", &ball_model(), options()).expect("load");
+    let mut scratch = Scratch::default();
+    let img = disk_image(640, 480, 0, &[(100.0, 100.0, 20.0), (500.0, 300.0, 20.0)]);
+    let view = ImageView::new(&img, 640, 480, 640 * 3).expect("view");
+    let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+    assert_eq!(dets.len(), 2, "{dets:?}");
+    let empty = vec![0u8; 640 * 480 * 3];
+    let view = ImageView::new(&empty, 640, 480, 640 * 3).expect("view");
+    let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+    assert!(dets.is_empty(), "{dets:?}");
+}
+
+#[test]
+fn refuses_files_that_are_not_models_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"this is not a model").expect("write");
+    let err = Detector::load("junk", &junk, options()).expect_err("junk must not load");
+    assert!(matches!(err, InferenceError::ModelLoad { .. }), "{err}");
+    assert!(err.to_string().contains("not a .pt file, not truncated"), "{err}");
+
+    let truncated = dir.path().join("truncated.onnx");
+    let bytes = std::fs::read(ball_model()).expect("read");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    assert!(matches!(Detector::load("t", &truncated, options()), Err(InferenceError::ModelLoad { .. })));
+
+    let missing = dir.path().join("missing.onnx");
+    let err = Detector::load("m", &missing, options()).expect_err("missing");
+    assert!(matches!(err, InferenceError::ModelUnreadable { .. }), "{err}");
+}
