@@ -80,6 +80,19 @@ rust_install() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
 }
 
+rust_components() {
+    # CI runs rustfmt and clippy; a minimal toolchain may lack them.
+    command -v rustup >/dev/null || return 0
+    local installed
+    installed="$(rustup component list --installed 2>/dev/null || true)"
+    for c in rustfmt clippy; do
+        if ! grep -q "^$c" <<<"$installed"; then
+            log "adding rust component $c"
+            rustup component add "$c"
+        fi
+    done
+}
+
 python_cmd() {
     # Prefer the interpreter on PATH (pyenv on developer machines), else Debian's.
     command -v python3
@@ -109,7 +122,7 @@ ort_install() {
         # The wheel is the same for every CPython version as far as the C
         # library is concerned; pin the platform so any local python can fetch it.
         "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps \
-            --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 \
+            --only-binary=:all: --platform "manylinux_2_28_$(uname -m)" --python-version 3.11 \
             "onnxruntime==$ORT_VERSION" -d "$tmp"
         mkdir -p "$ORT_DIR"
         unzip -q -j -o "$tmp"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$ORT_DIR"
@@ -121,6 +134,8 @@ ort_install() {
 
 apt_install
 rust_install
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+rust_components
 venv_install
 ort_install
 log "done"

@@ -1,1 +1,182 @@
-fn main() {}
+//! `vigil`: the appliance binary.
+//!
+//! ```text
+//! vigil run   --config vigil.toml   # run cameras, models, MQTT and the web page
+//! vigil check --config vigil.toml   # validate config, load models, build pipelines; exit non-zero on problems
+//! ```
+//! Logs go to stderr (`RUST_LOG=debug` for more); the few lines a person needs
+//! (where the web page is, how to watch events) go to stdout.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vigil_pipeline::{Appliance, LoadedConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Edge computer vision: cameras in, ONNX models, events out over MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance until SIGINT or SIGTERM.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short, default_value = "vigil.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config: fields, model files (loaded with ONNX Runtime) and
+    /// camera pipelines (built, not started). Exit 0 when everything is fine.
+    Check {
+        #[arg(long, short, default_value = "vigil.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Exit status for a config that fails validation (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    let loaded = match LoadedConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = vigil_camera::init() {
+        eprintln!("{}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    let problems = vigil_pipeline::check_deep(&loaded);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("{}: {p}", file.display());
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{}: ok ({} model(s), {} camera(s))",
+        file.display(),
+        loaded.config.models.len(),
+        loaded.config.cameras.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(file: &Path) -> ExitCode {
+    let loaded = match LoadedConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigil-rt")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
+    vigil_camera::init()?;
+    // Bind first: a port clash is reported before cameras and models start.
+    let listener = tokio::net::TcpListener::bind(loaded.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (http.listen): {e}; pick another port",
+                loaded.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let app = Appliance::start(&loaded)?;
+
+    let shown: SocketAddr = if addr.ip().is_unspecified() {
+        ([127, 0, 0, 1], addr.port()).into()
+    } else {
+        addr
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "vigil {} running as device {:?}",
+        env!("CARGO_PKG_VERSION"),
+        app.device()
+    );
+    let _ = writeln!(out, "  web page: http://{shown}/");
+    let _ = writeln!(
+        out,
+        "  events:   mosquitto_sub -h {} -p {} -t '{}' -v",
+        loaded.mqtt.host,
+        loaded.mqtt.port,
+        app.topics().events.trim_end_matches("/events").to_owned() + "/#"
+    );
+    let _ = out.flush();
+    drop(out);
+
+    let router = vigil_api::router(app.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down");
+    app.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -61,7 +61,11 @@ impl Frame {
 
     /// A frame from packed RGB bytes, for tools (`vigil infer` on images) and tests.
     pub fn from_rgb(camera: &str, seq: u64, width: u32, height: u32, rgb: Vec<u8>) -> Frame {
-        assert_eq!(rgb.len(), width as usize * height as usize * 3, "packed RGB size");
+        assert_eq!(
+            rgb.len(),
+            width as usize * height as usize * 3,
+            "packed RGB size"
+        );
         Frame {
             inner: Arc::new(FrameInner {
                 camera: camera.into(),

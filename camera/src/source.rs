@@ -18,20 +18,57 @@ use crate::CameraError;
 /// | anything else | `launch:aravissrc camera-name=X ! videoconvert` (a gst-launch pipeline that ends in raw video) |
 #[derive(Clone, PartialEq, Eq)]
 pub enum Source {
-    Test { pattern: String, width: u32, height: u32, fps: u32 },
-    File { path: PathBuf },
-    Rtsp { url: Url },
-    Http { url: Url },
-    V4l2 { device: PathBuf },
-    Launch { pipeline: String },
+    Test {
+        pattern: String,
+        width: u32,
+        height: u32,
+        fps: u32,
+    },
+    File {
+        path: PathBuf,
+    },
+    Rtsp {
+        url: Url,
+    },
+    Http {
+        url: Url,
+    },
+    V4l2 {
+        device: PathBuf,
+    },
+    Launch {
+        pipeline: String,
+    },
 }
 
 /// videotestsrc's pattern nicks (GStreamer 1.22).
 const TEST_PATTERNS: &[&str] = &[
-    "smpte", "snow", "black", "white", "red", "green", "blue", "checkers-1", "checkers-2",
-    "checkers-4", "checkers-8", "circular", "blink", "smpte75", "zone-plate", "gamut",
-    "chroma-zone-plate", "solid-color", "ball", "smpte100", "bar", "pinwheel", "spokes",
-    "gradient", "colors", "smpte-rp-219",
+    "smpte",
+    "snow",
+    "black",
+    "white",
+    "red",
+    "green",
+    "blue",
+    "checkers-1",
+    "checkers-2",
+    "checkers-4",
+    "checkers-8",
+    "circular",
+    "blink",
+    "smpte75",
+    "zone-plate",
+    "gamut",
+    "chroma-zone-plate",
+    "solid-color",
+    "ball",
+    "smpte100",
+    "bar",
+    "pinwheel",
+    "spokes",
+    "gradient",
+    "colors",
+    "smpte-rp-219",
 ];
 
 const SCHEMES: &str = "test://, file:, rtsp://, rtsps://, http://, https://, v4l2://, launch:";
@@ -45,13 +82,18 @@ impl Source {
         if let Some(pipeline) = s.strip_prefix("launch:") {
             let pipeline = pipeline.trim();
             if pipeline.is_empty() {
-                return Err(invalid("`launch:` needs a GStreamer pipeline after it".into()));
+                return Err(invalid(
+                    "`launch:` needs a GStreamer pipeline after it".into(),
+                ));
             }
-            return Ok(Source::Launch { pipeline: pipeline.to_owned() });
+            return Ok(Source::Launch {
+                pipeline: pipeline.to_owned(),
+            });
         }
         if let Some(rest) = s.strip_prefix("file:") {
             if rest.starts_with("//") {
-                let url = Url::parse(s).map_err(|e| invalid(format!("`{s}` is not a valid file URI: {e}")))?;
+                let url = Url::parse(s)
+                    .map_err(|e| invalid(format!("`{s}` is not a valid file URI: {e}")))?;
                 let path = url
                     .to_file_path()
                     .map_err(|()| invalid(format!("`{s}` is not a local file URI")))?;
@@ -60,32 +102,45 @@ impl Source {
             if rest.is_empty() {
                 return Err(invalid("`file:` needs a path after it".into()));
             }
-            return Ok(Source::File { path: base_dir.join(rest) });
+            return Ok(Source::File {
+                path: base_dir.join(rest),
+            });
         }
         let Some((scheme, _)) = s.split_once("://") else {
-            return Err(invalid(format!("`{s}` has no scheme; start it with one of {SCHEMES}")));
+            return Err(invalid(format!(
+                "`{s}` has no scheme; start it with one of {SCHEMES}"
+            )));
         };
         match scheme.to_ascii_lowercase().as_str() {
             "test" => parse_test(s),
             "rtsp" | "rtsps" | "rtspt" => {
-                let url = Url::parse(s).map_err(|e| invalid(format!("`{}` is not a valid RTSP URL: {e}", redact_str(s))))?;
+                let url = Url::parse(s).map_err(|e| {
+                    invalid(format!("`{}` is not a valid RTSP URL: {e}", redact_str(s)))
+                })?;
                 if url.host_str().is_none_or(str::is_empty) {
                     return Err(invalid(format!("`{}` has no host", redact(&url))));
                 }
                 Ok(Source::Rtsp { url })
             }
             "http" | "https" => {
-                let url = Url::parse(s).map_err(|e| invalid(format!("`{}` is not a valid URL: {e}", redact_str(s))))?;
+                let url = Url::parse(s)
+                    .map_err(|e| invalid(format!("`{}` is not a valid URL: {e}", redact_str(s))))?;
                 Ok(Source::Http { url })
             }
             "v4l2" => {
                 let device = &s["v4l2://".len()..];
                 if !device.starts_with('/') {
-                    return Err(invalid(format!("`{s}` needs a device path, e.g. v4l2:///dev/video0")));
+                    return Err(invalid(format!(
+                        "`{s}` needs a device path, e.g. v4l2:///dev/video0"
+                    )));
                 }
-                Ok(Source::V4l2 { device: PathBuf::from(device) })
+                Ok(Source::V4l2 {
+                    device: PathBuf::from(device),
+                })
             }
-            other => Err(invalid(format!("unknown source scheme `{other}://`; use one of {SCHEMES}"))),
+            other => Err(invalid(format!(
+                "unknown source scheme `{other}://`; use one of {SCHEMES}"
+            ))),
         }
     }
 
@@ -103,10 +158,12 @@ impl Source {
                 "video file {} does not exist",
                 path.display()
             ))),
-            Source::V4l2 { device } if !device.exists() => Err(CameraError::InvalidSource(format!(
-                "video device {} does not exist (is the camera plugged in?)",
-                device.display()
-            ))),
+            Source::V4l2 { device } if !device.exists() => {
+                Err(CameraError::InvalidSource(format!(
+                    "video device {} does not exist (is the camera plugged in?)",
+                    device.display()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -114,11 +171,18 @@ impl Source {
     /// The part of the gst-launch pipeline that produces raw video.
     pub(crate) fn launch_head(&self) -> String {
         match self {
-            Source::Test { pattern, width, height, fps } => format!(
+            Source::Test {
+                pattern,
+                width,
+                height,
+                fps,
+            } => format!(
                 "videotestsrc is-live=true pattern={pattern} ! video/x-raw,width={width},height={height},framerate={fps}/1"
             ),
             Source::File { path } => {
-                let uri = Url::from_file_path(path).map(String::from).unwrap_or_default();
+                let uri = Url::from_file_path(path)
+                    .map(String::from)
+                    .unwrap_or_default();
                 format!("uridecodebin uri=\"{uri}\" expose-all-streams=false caps=video/x-raw")
             }
             Source::Rtsp { url } | Source::Http { url } => {
@@ -134,7 +198,8 @@ impl Source {
 
 fn parse_test(s: &str) -> Result<Source, CameraError> {
     let invalid = |why: String| CameraError::InvalidSource(why);
-    let url = Url::parse(s).map_err(|e| invalid(format!("`{s}` is not a valid test source: {e}")))?;
+    let url =
+        Url::parse(s).map_err(|e| invalid(format!("`{s}` is not a valid test source: {e}")))?;
     let pattern = url.host_str().unwrap_or("").to_owned();
     if !TEST_PATTERNS.contains(&pattern.as_str()) {
         return Err(invalid(format!(
@@ -144,21 +209,28 @@ fn parse_test(s: &str) -> Result<Source, CameraError> {
     }
     let (mut width, mut height, mut fps) = (640u32, 480u32, 15u32);
     for (k, v) in url.query_pairs() {
-        let n: u32 = v
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| invalid(format!("test source `{k}={v}` must be a positive whole number")))?;
+        let n: u32 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            invalid(format!(
+                "test source `{k}={v}` must be a positive whole number"
+            ))
+        })?;
         match k.as_ref() {
             "width" => width = n,
             "height" => height = n,
             "fps" => fps = n,
             other => {
-                return Err(invalid(format!("unknown test source option `{other}`; use width, height, fps")));
+                return Err(invalid(format!(
+                    "unknown test source option `{other}`; use width, height, fps"
+                )));
             }
         }
     }
-    Ok(Source::Test { pattern, width, height, fps })
+    Ok(Source::Test {
+        pattern,
+        width,
+        height,
+        fps,
+    })
 }
 
 fn redact(url: &Url) -> String {
@@ -181,8 +253,16 @@ fn redact_str(s: &str) -> String {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Source::Test { pattern, width, height, fps } => {
-                write!(f, "test://{pattern}?width={width}&height={height}&fps={fps}")
+            Source::Test {
+                pattern,
+                width,
+                height,
+                fps,
+            } => {
+                write!(
+                    f,
+                    "test://{pattern}?width={width}&height={height}&fps={fps}"
+                )
             }
             Source::File { path } => write!(f, "file://{}", path.display()),
             Source::Rtsp { url } | Source::Http { url } => f.write_str(&redact(url)),
@@ -210,23 +290,54 @@ mod tests {
     fn parses_every_scheme() {
         assert_eq!(
             parse("test://ball?fps=10&width=320&height=240"),
-            Ok(Source::Test { pattern: "ball".into(), width: 320, height: 240, fps: 10 })
+            Ok(Source::Test {
+                pattern: "ball".into(),
+                width: 320,
+                height: 240,
+                fps: 10
+            })
         );
-        assert_eq!(parse("file:clips/a.mp4"), Ok(Source::File { path: "/etc/vigil/clips/a.mp4".into() }));
-        assert_eq!(parse("file:///data/a.mp4"), Ok(Source::File { path: "/data/a.mp4".into() }));
-        assert!(matches!(parse("rtsp://cam.local:554/s1"), Ok(Source::Rtsp { .. })));
-        assert!(matches!(parse("http://cam.local/video.mjpg"), Ok(Source::Http { .. })));
-        assert_eq!(parse("v4l2:///dev/video2"), Ok(Source::V4l2 { device: "/dev/video2".into() }));
+        assert_eq!(
+            parse("file:clips/a.mp4"),
+            Ok(Source::File {
+                path: "/etc/vigil/clips/a.mp4".into()
+            })
+        );
+        assert_eq!(
+            parse("file:///data/a.mp4"),
+            Ok(Source::File {
+                path: "/data/a.mp4".into()
+            })
+        );
+        assert!(matches!(
+            parse("rtsp://cam.local:554/s1"),
+            Ok(Source::Rtsp { .. })
+        ));
+        assert!(matches!(
+            parse("http://cam.local/video.mjpg"),
+            Ok(Source::Http { .. })
+        ));
+        assert_eq!(
+            parse("v4l2:///dev/video2"),
+            Ok(Source::V4l2 {
+                device: "/dev/video2".into()
+            })
+        );
         assert_eq!(
             parse("launch: videotestsrc ! videoconvert"),
-            Ok(Source::Launch { pipeline: "videotestsrc ! videoconvert".into() })
+            Ok(Source::Launch {
+                pipeline: "videotestsrc ! videoconvert".into()
+            })
         );
     }
 
     #[test]
     fn rejects_unknown_schemes_and_bad_options_with_the_fix() {
         let e = parse("ftp://x/y").unwrap_err();
-        assert!(e.contains("unknown source scheme `ftp://`") && e.contains("rtsp://"), "{e}");
+        assert!(
+            e.contains("unknown source scheme `ftp://`") && e.contains("rtsp://"),
+            "{e}"
+        );
         let e = parse("/dev/video0").unwrap_err();
         assert!(e.contains("has no scheme"), "{e}");
         let e = parse("test://nope").unwrap_err();

@@ -171,13 +171,23 @@ impl StopSignal {
 impl Camera {
     /// Starts the camera in the background and returns at once: a slow or
     /// dead camera never delays startup of anything else.
-    pub fn start(name: &str, source: Source, options: CameraOptions, slot: Arc<FrameSlot>) -> Camera {
+    pub fn start(
+        name: &str,
+        source: Source,
+        options: CameraOptions,
+        slot: Arc<FrameSlot>,
+    ) -> Camera {
         let name: Arc<str> = name.into();
         let stats = Arc::new(CameraStats::new());
         let stop = Arc::new(StopSignal::default());
         let thread = {
-            let (name, source, stats, slot, stop) =
-                (name.clone(), source.clone(), stats.clone(), slot.clone(), stop.clone());
+            let (name, source, stats, slot, stop) = (
+                name.clone(),
+                source.clone(),
+                stats.clone(),
+                slot.clone(),
+                stop.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("cam-{name}"))
                 .spawn(move || {
@@ -187,7 +197,14 @@ impl Camera {
                 })
                 .expect("spawning a camera thread")
         };
-        Camera { name, source, stats, slot, stop, thread: Some(thread) }
+        Camera {
+            name,
+            source,
+            stats,
+            slot,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -351,7 +368,8 @@ fn run_pipeline(
 
     let next_seq = Arc::new(AtomicU64::new(*seq));
     {
-        let (name, stats, slot, next_seq) = (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
+        let (name, stats, slot, next_seq) =
+            (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
         // Caps rarely change; remember the parsed video info for the last caps seen.
         let info_cache: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
         sink.set_callbacks(
@@ -373,7 +391,9 @@ fn run_pipeline(
                     };
                     let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
                     let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-                    let mapped = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
+                    let mapped = buffer
+                        .into_mapped_buffer_readable()
+                        .map_err(|_| gst::FlowError::Error)?;
                     let now = Instant::now();
                     let frame = Frame::from_gst(
                         name.clone(),
@@ -387,9 +407,10 @@ fn run_pipeline(
                         mapped,
                     );
                     stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .last_frame_ns
-                        .store(now.duration_since(stats.epoch).as_nanos().max(1) as u64, Ordering::Release);
+                    stats.last_frame_ns.store(
+                        now.duration_since(stats.epoch).as_nanos().max(1) as u64,
+                        Ordering::Release,
+                    );
                     *stats.frame_size.lock() = Some((info.width(), info.height()));
                     slot.put(frame);
                     Ok(gst::FlowSuccess::Ok)
@@ -417,10 +438,10 @@ fn watch(
     };
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
         // The details are on the bus; pick them up below.
-        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-            if let gst::MessageView::Error(err) = msg.view() {
-                return RunEnd::Retry(describe_error(err, source));
-            }
+        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
+            && let gst::MessageView::Error(err) = msg.view()
+        {
+            return RunEnd::Retry(describe_error(err, source));
         }
         return RunEnd::Retry(format!("the pipeline would not start: {e}"));
     }
@@ -437,7 +458,11 @@ fn watch(
             match msg.view() {
                 gst::MessageView::Error(err) => return RunEnd::Retry(describe_error(err, source)),
                 gst::MessageView::Eos(_) => {
-                    let what = if source.is_file() { "end of file; playing it again" } else { "the stream ended" };
+                    let what = if source.is_file() {
+                        "end of file; playing it again"
+                    } else {
+                        "the stream ended"
+                    };
                     return RunEnd::Retry(what.into());
                 }
                 _ => {}
@@ -457,7 +482,10 @@ fn watch(
             stats.set_state(CameraState::Streaming);
             tracing::info!("camera streaming");
         }
-        let age = stats.last_frame_at().map(|t| t.elapsed()).unwrap_or_default();
+        let age = stats
+            .last_frame_at()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
         if age > options.stall_timeout {
             let error = format!("no frame for {:.1} s (stall timeout)", age.as_secs_f64());
             stats.set_error(CameraState::Stalled, error.clone());
@@ -475,10 +503,10 @@ fn describe_error(err: &gst::message::Error, source: &Source) -> String {
         }
     }
     // Element errors can echo the URI; keep passwords out of logs and health.
-    if let Source::Rtsp { url } | Source::Http { url } = source {
-        if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
-            text = text.replace(pw, "***");
-        }
+    if let Source::Rtsp { url } | Source::Http { url } = source
+        && let Some(pw) = url.password().filter(|p| !p.is_empty())
+    {
+        text = text.replace(pw, "***");
     }
     text
 }

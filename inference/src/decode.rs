@@ -73,7 +73,12 @@ pub(crate) fn decode_yolov8(
                 class_id,
                 label: labels[class_id as usize].clone(),
                 score: s,
-                bbox: BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 },
+                bbox: BBox {
+                    x1: cx - w / 2.0,
+                    y1: cy - h / 2.0,
+                    x2: cx + w / 2.0,
+                    y2: cy + h / 2.0,
+                },
             });
         }
     }
@@ -98,12 +103,39 @@ mod tests {
         ];
         let labels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
         let mut out = Vec::new();
-        decode_yolov8(&data, 2, 3, 0.25, &labels, &mut DecodeScratch::default(), &mut out);
+        decode_yolov8(
+            &data,
+            2,
+            3,
+            0.25,
+            &labels,
+            &mut DecodeScratch::default(),
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].class_id, &*out[0].label, out[0].score), (1, "b", 0.7));
-        assert_eq!(out[0].bbox, BBox { x1: 8.0, y1: 9.0, x2: 12.0, y2: 11.0 });
+        assert_eq!(
+            (out[0].class_id, &*out[0].label, out[0].score),
+            (1, "b", 0.7)
+        );
+        assert_eq!(
+            out[0].bbox,
+            BBox {
+                x1: 8.0,
+                y1: 9.0,
+                x2: 12.0,
+                y2: 11.0
+            }
+        );
         assert_eq!((out[1].class_id, out[1].score), (0, 0.9));
-        assert_eq!(out[1].bbox, BBox { x1: 27.0, y1: 26.0, x2: 33.0, y2: 34.0 });
+        assert_eq!(
+            out[1].bbox,
+            BBox {
+                x1: 27.0,
+                y1: 26.0,
+                x2: 33.0,
+                y2: 34.0
+            }
+        );
     }
 
     #[test]
@@ -117,7 +149,15 @@ mod tests {
         }
         let labels: Vec<Arc<str>> = (0..classes).map(|i| Arc::from(format!("c{i}"))).collect();
         let mut out = Vec::new();
-        decode_yolov8(&data, classes, anchors, 0.25, &labels, &mut DecodeScratch::default(), &mut out);
+        decode_yolov8(
+            &data,
+            classes,
+            anchors,
+            0.25,
+            &labels,
+            &mut DecodeScratch::default(),
+            &mut out,
+        );
         let ids: Vec<u32> = out.iter().map(|d| d.class_id).collect();
         assert_eq!(ids, vec![0, 17, 34, 51, 68]);
     }

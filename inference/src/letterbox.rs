@@ -43,7 +43,12 @@ pub struct Letterbox {
 impl Letterbox {
     /// Ultralytics `LetterBox(auto=False, scaleup=True, center=True)`.
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Letterbox {
-        let (sw, sh, dw, dh) = (f64::from(src_w), f64::from(src_h), f64::from(dst_w), f64::from(dst_h));
+        let (sw, sh, dw, dh) = (
+            f64::from(src_w),
+            f64::from(src_h),
+            f64::from(dst_w),
+            f64::from(dst_h),
+        );
         let gain = (dh / sh).min(dw / sw);
         // Python's round() rounds halves to even.
         let new_w = (sw * gain).round_ties_even() as u32;
@@ -54,7 +59,19 @@ impl Letterbox {
         let top = (half_h - 0.1).round_ties_even() as u32;
         let pad_x = ((dw - sw * gain) / 2.0 - 0.1).round_ties_even();
         let pad_y = ((dh - sh * gain) / 2.0 - 0.1).round_ties_even();
-        Letterbox { src_w, src_h, dst_w, dst_h, new_w, new_h, left, top, gain, pad_x, pad_y }
+        Letterbox {
+            src_w,
+            src_h,
+            dst_w,
+            dst_h,
+            new_w,
+            new_h,
+            left,
+            top,
+            gain,
+            pad_x,
+            pad_y,
+        }
     }
 
     /// Maps a point from model-input pixels back to source pixels, clipped to
@@ -68,12 +85,22 @@ impl Letterbox {
 
     /// Writes the letterboxed image as normalised planar RGB (`[3, dst_h, dst_w]`,
     /// values `v / 255`) into `out`, reusing `scratch` between calls.
-    pub(crate) fn fill_nchw(&self, img: &ImageView<'_>, out: &mut [f32], scratch: &mut ResizeScratch) {
+    pub(crate) fn fill_nchw(
+        &self,
+        img: &ImageView<'_>,
+        out: &mut [f32],
+        scratch: &mut ResizeScratch,
+    ) {
         let (dw, dh) = (self.dst_w as usize, self.dst_h as usize);
         let plane = dw * dh;
         debug_assert_eq!(out.len(), 3 * plane);
         let pad = LUT[PAD_VALUE as usize];
-        let (left, top, nw, nh) = (self.left as usize, self.top as usize, self.new_w as usize, self.new_h as usize);
+        let (left, top, nw, nh) = (
+            self.left as usize,
+            self.top as usize,
+            self.new_w as usize,
+            self.new_h as usize,
+        );
         for c in 0..3 {
             let p = &mut out[c * plane..(c + 1) * plane];
             p[..top * dw].fill(pad);
@@ -87,7 +114,11 @@ impl Letterbox {
         let (g, b) = rest.split_at_mut(plane);
         resize_rows(img, nw, nh, scratch, |y, row| {
             let at = (top + y) * dw + left;
-            let (r, g, b) = (&mut r[at..at + nw], &mut g[at..at + nw], &mut b[at..at + nw]);
+            let (r, g, b) = (
+                &mut r[at..at + nw],
+                &mut g[at..at + nw],
+                &mut b[at..at + nw],
+            );
             for (x, px) in row.chunks_exact(3).enumerate() {
                 r[x] = LUT[px[0] as usize];
                 g[x] = LUT[px[1] as usize];
@@ -156,7 +187,10 @@ fn resize_rows(
             for x in 0..dst_w {
                 for c in 0..3 {
                     let i = 6 * x + c;
-                    let sum = u32::from(r0[i]) + u32::from(r0[i + 3]) + u32::from(r1[i]) + u32::from(r1[i + 3]);
+                    let sum = u32::from(r0[i])
+                        + u32::from(r0[i + 3])
+                        + u32::from(r1[i])
+                        + u32::from(r1[i + 3]);
                     scratch.out_row[3 * x + c] = ((sum + 2) >> 2) as u8;
                 }
             }
@@ -229,7 +263,12 @@ fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, 
 /// Makes sure the horizontally resized source rows `r0` and `r1` are in the
 /// two-row cache (each source row serves about two output rows) and returns
 /// their cache indices.
-fn horizontal_rows(s: &mut ResizeScratch, src: &ImageView<'_>, r0: usize, r1: usize) -> (usize, usize) {
+fn horizontal_rows(
+    s: &mut ResizeScratch,
+    src: &ImageView<'_>,
+    r0: usize,
+    r1: usize,
+) -> (usize, usize) {
     let find = |s: &mut ResizeScratch, r: usize, avoid: Option<usize>| -> usize {
         if let Some(i) = s.row_ids.iter().position(|&id| id == Some(r)) {
             return i;
@@ -286,7 +325,10 @@ mod tests {
     fn maps_model_points_back_to_source_pixels() {
         let lb = Letterbox::new(1920, 1080, 640, 640);
         let (x, y) = lb.to_source(320.0, 140.0 + 180.0);
-        assert!((x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3, "{x},{y}");
+        assert!(
+            (x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3,
+            "{x},{y}"
+        );
         // Points in the padding clip to the image edge.
         assert_eq!(lb.to_source(-5.0, 10.0), (0.0, 0.0));
     }

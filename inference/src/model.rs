@@ -29,7 +29,13 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { confidence: 0.25, iou: 0.7, max_detections: 300, class_agnostic: false, intra_threads: 0 }
+        ModelOptions {
+            confidence: 0.25,
+            iou: 0.7,
+            max_detections: 300,
+            class_agnostic: false,
+            intra_threads: 0,
+        }
     }
 }
 
@@ -84,32 +90,54 @@ pub struct Detector {
 impl Detector {
     /// Loads, inspects and validates a model. Fails with a message that says
     /// what was found when no decoder fits.
-    pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| InferenceError::ModelUnreadable { path: path.to_owned(), reason: e.to_string() })?;
+    pub fn load(
+        name: &str,
+        path: &Path,
+        options: ModelOptions,
+    ) -> Result<Detector, InferenceError> {
+        let bytes = std::fs::read(path).map_err(|e| InferenceError::ModelUnreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         let env = runtime::environment()?;
-        let load_err = |reason: String| InferenceError::ModelLoad { path: path.to_owned(), reason };
+        let load_err = |reason: String| InferenceError::ModelLoad {
+            path: path.to_owned(),
+            reason,
+        };
         let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
         builder = builder
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| load_err(e.to_string()))?;
         if options.intra_threads > 0 {
-            builder = builder.with_intra_threads(options.intra_threads).map_err(|e| load_err(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(options.intra_threads)
+                .map_err(|e| load_err(e.to_string()))?;
         }
-        let session = builder.commit_from_memory(&bytes).map_err(|e| load_err(e.to_string()))?;
+        let session = builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| load_err(e.to_string()))?;
 
         let metadata = read_metadata(&session);
-        let unsupported = |reason: String| InferenceError::Unsupported { path: path.to_owned(), reason };
+        let unsupported = |reason: String| InferenceError::Unsupported {
+            path: path.to_owned(),
+            reason,
+        };
         let found = describe_io(&session);
 
         let [input] = session.inputs() else {
-            return Err(unsupported(format!("expected one image input; found {found}")));
+            return Err(unsupported(format!(
+                "expected one image input; found {found}"
+            )));
         };
         let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-            return Err(unsupported(format!("the input is not a tensor; found {found}")));
+            return Err(unsupported(format!(
+                "the input is not a tensor; found {found}"
+            )));
         };
         if *ty != TensorElementType::Float32 {
-            return Err(unsupported(format!("the input is {ty:?}, Vigil feeds float32 images; found {found}")));
+            return Err(unsupported(format!(
+                "the input is {ty:?}, Vigil feeds float32 images; found {found}"
+            )));
         }
         if shape.len() != 4 || !(shape[1] == 3 || shape[1] == -1) {
             return Err(unsupported(format!(
@@ -118,22 +146,37 @@ impl Detector {
         }
         let imgsz = metadata.get("imgsz").and_then(|s| parse_imgsz(s));
         let dim = |v: i64, fallback: Option<u32>| if v > 0 { Some(v as u32) } else { fallback };
-        let (Some(input_height), Some(input_width)) =
-            (dim(shape[2], imgsz.map(|s| s.0).or(Some(640))), dim(shape[3], imgsz.map(|s| s.1).or(Some(640))))
-        else {
-            return Err(unsupported(format!("cannot tell the input size; found {found}")));
+        let (Some(input_height), Some(input_width)) = (
+            dim(shape[2], imgsz.map(|s| s.0).or(Some(640))),
+            dim(shape[3], imgsz.map(|s| s.1).or(Some(640))),
+        ) else {
+            return Err(unsupported(format!(
+                "cannot tell the input size; found {found}"
+            )));
         };
 
         let Some(output) = session.outputs().first() else {
-            return Err(unsupported(format!("the model has no outputs; found {found}")));
+            return Err(unsupported(format!(
+                "the model has no outputs; found {found}"
+            )));
         };
         let out_shape: Vec<i64> = match output.dtype() {
-            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => shape.to_vec(),
-            _ => return Err(unsupported(format!("the first output is not a float32 tensor; found {found}"))),
+            ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                shape,
+                ..
+            } => shape.to_vec(),
+            _ => {
+                return Err(unsupported(format!(
+                    "the first output is not a float32 tensor; found {found}"
+                )));
+            }
         };
         // YOLOv8 layout: [1, 4 + C, N], with the anchor count N larger than the row count.
         let decoder = match out_shape.as_slice() {
-            [b, rows, n] if (*b == 1 || *b == -1) && *rows > 4 && (*n == -1 || *n > *rows) => DecoderKind::YoloV8,
+            [b, rows, n] if (*b == 1 || *b == -1) && *rows > 4 && (*n == -1 || *n > *rows) => {
+                DecoderKind::YoloV8
+            }
             _ => {
                 return Err(unsupported(format!(
                     "no decoder fits the output layout; found {found}. Supported here: YOLOv8-style [1, 4+C, N]"
@@ -178,7 +221,8 @@ impl Detector {
         // Run once on a blank frame: catches models that load but fail at run
         // time (bad shapes inside the graph) before they meet a camera.
         let blank = vec![0u8; 64 * 48 * 3];
-        let view = ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| unsupported("internal".into()))?;
+        let view =
+            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| unsupported("internal".into()))?;
         detector
             .detect(&view, &mut Scratch::default())
             .map_err(|e| unsupported(format!("a test run failed: {e}")))?;
@@ -194,7 +238,11 @@ impl Detector {
     }
 
     /// Runs the model on one image. Boxes come back in `img`'s pixels.
-    pub fn detect(&self, img: &ImageView<'_>, scratch: &mut Scratch) -> Result<(Vec<Detection>, Timings), InferenceError> {
+    pub fn detect(
+        &self,
+        img: &ImageView<'_>,
+        scratch: &mut Scratch,
+    ) -> Result<(Vec<Detection>, Timings), InferenceError> {
         let t0 = Instant::now();
         let (w, h) = (self.info.input_width, self.info.input_height);
         let lb = Letterbox::new(img.width, img.height, w, h);
@@ -202,16 +250,29 @@ impl Detector {
         lb.fill_nchw(img, &mut scratch.input, &mut scratch.resize);
         let t1 = Instant::now();
 
-        let input = TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], &scratch.input[..]))
+        let input =
+            TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], &scratch.input[..]))
+                .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let outputs = session
+            .run(ort::inputs![input])
             .map_err(|e| InferenceError::Run(e.to_string()))?;
-        let mut session = self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
-        let outputs = session.run(ort::inputs![input]).map_err(|e| InferenceError::Run(e.to_string()))?;
         let t2 = Instant::now();
 
-        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| InferenceError::Run(e.to_string()))?;
+        let (shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| InferenceError::Run(e.to_string()))?;
         let (rows, anchors) = match **shape {
             [1, rows, n] if rows as usize == 4 + self.classes => (rows as usize, n as usize),
-            _ => return Err(InferenceError::Run(format!("unexpected output shape {:?}", &**shape))),
+            _ => {
+                return Err(InferenceError::Run(format!(
+                    "unexpected output shape {:?}",
+                    &**shape
+                )));
+            }
         };
         debug_assert_eq!(rows * anchors, data.len());
         scratch.candidates.clear();
@@ -240,18 +301,25 @@ impl Detector {
             d.bbox = crate::BBox { x1, y1, x2, y2 };
         }
         let t3 = Instant::now();
-        Ok((dets, Timings { preprocess: t1 - t0, run: t2 - t1, postprocess: t3 - t2 }))
+        Ok((
+            dets,
+            Timings {
+                preprocess: t1 - t0,
+                run: t2 - t1,
+                postprocess: t3 - t2,
+            },
+        ))
     }
 }
 
 fn read_metadata(session: &Session) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    if let Ok(meta) = session.metadata() {
-        if let Ok(keys) = meta.custom_keys() {
-            for k in keys {
-                if let Some(v) = meta.custom(&k) {
-                    out.insert(k, v);
-                }
+    if let Ok(meta) = session.metadata()
+        && let Ok(keys) = meta.custom_keys()
+    {
+        for k in keys {
+            if let Some(v) = meta.custom(&k) {
+                out.insert(k, v);
             }
         }
     }
@@ -271,8 +339,10 @@ fn describe_io(session: &Session) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

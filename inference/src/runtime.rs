@@ -34,7 +34,10 @@ pub fn candidates() -> Vec<PathBuf> {
         return vec![PathBuf::from(p)];
     }
     let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         out.push(dir.join("libonnxruntime.so"));
     }
     if let Some(baked) = option_env!("VIGIL_ORT_DYLIB") {
@@ -52,7 +55,8 @@ pub fn init() -> Result<RuntimeInfo, InferenceError> {
             let candidates = candidates();
             let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
                 let path = candidates.first().cloned().unwrap_or_default();
-                let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+                let searched: Vec<String> =
+                    candidates.iter().map(|p| p.display().to_string()).collect();
                 return Err(InferenceError::RuntimeMissing {
                     path,
                     reason: format!("no such file (searched {})", searched.join(", ")),

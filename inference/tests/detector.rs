@@ -16,7 +16,10 @@ fn disk_image(w: usize, h: usize, pad: usize, disks: &[(f32, f32, f32)]) -> Vec<
     for y in 0..h {
         for x in 0..w {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-            if disks.iter().any(|&(cx, cy, r)| (px - cx).powi(2) + (py - cy).powi(2) <= r * r) {
+            if disks
+                .iter()
+                .any(|&(cx, cy, r)| (px - cx).powi(2) + (py - cy).powi(2) <= r * r)
+            {
                 img[y * stride + x * 3..y * stride + x * 3 + 3].fill(255);
             }
         }
@@ -25,14 +28,21 @@ fn disk_image(w: usize, h: usize, pad: usize, disks: &[(f32, f32, f32)]) -> Vec<
 }
 
 fn options() -> ModelOptions {
-    ModelOptions { confidence: 0.5, iou: 0.45, ..ModelOptions::default() }
+    ModelOptions {
+        confidence: 0.5,
+        iou: 0.45,
+        ..ModelOptions::default()
+    }
 }
 
 #[test]
 fn finds_the_ball_where_it_is_in_a_non_square_image() {
     let det = Detector::load("ball", &ball_model(), options()).expect("load");
     assert_eq!(det.info().labels, vec!["ball".to_string()]);
-    assert_eq!((det.info().input_width, det.info().input_height), (640, 640));
+    assert_eq!(
+        (det.info().input_width, det.info().input_height),
+        (640, 640)
+    );
     assert_eq!(det.info().sha256.len(), 64);
     let mut scratch = Scratch::default();
     // 1280x720 with padded rows: letterboxed to 640x360 with 140 px bars.
@@ -43,7 +53,10 @@ fn finds_the_ball_where_it_is_in_a_non_square_image() {
         let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
         assert_eq!(dets.len(), 1, "{dets:?}");
         let (bx, by) = dets[0].bbox.center();
-        assert!((bx - cx).abs() <= 1.0 && (by - cy).abs() <= 1.0, "ball at {cx},{cy}, box centre {bx},{by}");
+        assert!(
+            (bx - cx).abs() <= 1.0 && (by - cy).abs() <= 1.0,
+            "ball at {cx},{cy}, box centre {bx},{by}"
+        );
         let bw = dets[0].bbox.x2 - dets[0].bbox.x1;
         assert!((bw - 80.0).abs() <= 4.0, "box width {bw}");
         assert!(dets[0].score > 0.5 && dets[0].score <= 1.0);
@@ -71,14 +84,23 @@ fn refuses_files_that_are_not_models_with_a_clear_message() {
     std::fs::write(&junk, b"this is not a model").expect("write");
     let err = Detector::load("junk", &junk, options()).expect_err("junk must not load");
     assert!(matches!(err, InferenceError::ModelLoad { .. }), "{err}");
-    assert!(err.to_string().contains("not a .pt file, not truncated"), "{err}");
+    assert!(
+        err.to_string().contains("not a .pt file, not truncated"),
+        "{err}"
+    );
 
     let truncated = dir.path().join("truncated.onnx");
     let bytes = std::fs::read(ball_model()).expect("read");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    assert!(matches!(Detector::load("t", &truncated, options()), Err(InferenceError::ModelLoad { .. })));
+    assert!(matches!(
+        Detector::load("t", &truncated, options()),
+        Err(InferenceError::ModelLoad { .. })
+    ));
 
     let missing = dir.path().join("missing.onnx");
     let err = Detector::load("m", &missing, options()).expect_err("missing");
-    assert!(matches!(err, InferenceError::ModelUnreadable { .. }), "{err}");
+    assert!(
+        matches!(err, InferenceError::ModelUnreadable { .. }),
+        "{err}"
+    );
 }

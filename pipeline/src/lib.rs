@@ -1,1 +1,60 @@
-//! placeholder
+//! vigil-pipeline: wires cameras to inference to events, and owns the config.
+//!
+//! ```text
+//!  config ──▶ Appliance::start
+//!              ├─ models: one Detector per model, shared by its cameras
+//!              ├─ per camera: Camera ─▶ FrameSlot ─▶ inference worker (OS thread)
+//!              │                                      ├─▶ latest result ─▶ snapshot JPEG
+//!              │                                      └─▶ events (bounded) ─▶ MQTT publisher
+//!              └─ health: cameras, broker link, models
+//! ```
+
+pub mod annotate;
+pub mod appliance;
+pub mod config;
+pub mod event;
+pub mod mqtt;
+
+pub use appliance::{Appliance, Health, SnapshotError};
+pub use config::{Config, ConfigError, LoadedConfig};
+
+/// Why the appliance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] vigil_inference::InferenceError),
+    #[error("model {name:?}: {error}")]
+    Model {
+        name: String,
+        error: vigil_inference::InferenceError,
+    },
+}
+
+/// Deep checks beyond parsing, for `vigil check`: loads every model with ONNX
+/// Runtime and builds (without starting) every camera pipeline. Returns one
+/// line per problem.
+pub fn check_deep(loaded: &LoadedConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = vigil_inference::runtime::init() {
+        problems.push(e.to_string());
+        return problems;
+    }
+    for (i, m) in loaded.config.models.iter().enumerate() {
+        let options = vigil_inference::ModelOptions::default();
+        if let Err(e) = vigil_inference::Detector::load(&m.name, &m.path, options) {
+            problems.push(format!("models[{i}] ({}): {e}", m.name));
+        }
+    }
+    for (i, (c, s)) in loaded
+        .config
+        .cameras
+        .iter()
+        .zip(&loaded.sources)
+        .enumerate()
+    {
+        if let Err(e) = vigil_camera::validate(s) {
+            problems.push(format!("cameras[{i}] ({}): {e}", c.name));
+        }
+    }
+    problems
+}

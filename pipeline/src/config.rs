@@ -1,0 +1,660 @@
+//! The one TOML file that configures a Vigil box.
+//!
+//! Everything is validated before anything starts: unknown fields are errors
+//! that name the field, and every semantic check names the field, the bad
+//! value and the fix. Relative paths are relative to the config file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vigil_camera::Source;
+
+/// The whole configuration. Defaults run the demo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this box in MQTT topics and in every event. Letters, digits, `-`, `_`.
+    #[serde(default = "default_device_id")]
+    pub device_id: String,
+    /// The broker events go to.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// The local HTTP API and web page.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// ONNX models, referenced by name from cameras.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Video sources; each runs one model.
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` (port defaults to 1883).
+    #[serde(default = "default_mqtt_url")]
+    pub url: String,
+    /// Topics are `<topic_prefix>/<device_id>/events` and `.../status`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// MQTT client id; defaults to `vigil-<device_id>`. Must be unique per broker.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password itself. Prefer `password_file` or `password_env` so the
+    /// config can be shared without the secret.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// A file whose contents (trailing newline removed) are the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Seconds between keep-alive pings; the broker declares Vigil gone (and
+    /// publishes its `offline` last will) after 1.5 times this.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port of the API and web page; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// How cameras and events refer to this model.
+    pub name: String,
+    /// The `.onnx` file.
+    pub path: PathBuf,
+    /// Detections scoring at or below this are dropped (0..1).
+    #[serde(default = "default_confidence")]
+    pub confidence: f32,
+    /// NMS IoU threshold (0..1): a box overlapping a better one of its class
+    /// by more than this is dropped.
+    #[serde(default = "default_iou")]
+    pub iou: f32,
+    /// At most this many detections per frame.
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+    /// Suppress overlapping boxes across classes too.
+    #[serde(default)]
+    pub class_agnostic: bool,
+    /// ONNX Runtime threads for this model; 0 lets ONNX Runtime use every core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Used in URLs and events. Letters, digits, `-`, `_`.
+    pub name: String,
+    /// Where frames come from: `test://ball`, `file:clip.mp4`, `rtsp://…`,
+    /// `http://…` (MJPEG), `v4l2:///dev/video0` or `launch:<gst pipeline>`.
+    pub source: String,
+    /// Frames per second handed to inference at most; extra frames are
+    /// dropped right after decoding. Unset: every frame the source sends.
+    #[serde(default)]
+    pub fps: Option<u32>,
+    /// The `name` of the model this camera runs.
+    pub model: String,
+    /// Seconds without a frame before the camera counts as stalled and is reconnected.
+    #[serde(default = "default_stall_timeout_s")]
+    pub stall_timeout_s: f64,
+}
+
+fn default_device_id() -> String {
+    "vigil".into()
+}
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_topic_prefix() -> String {
+    "vigil".into()
+}
+fn default_keep_alive_s() -> u64 {
+    15
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_confidence() -> f32 {
+    0.25
+}
+fn default_iou() -> f32 {
+    0.7
+}
+fn default_max_detections() -> usize {
+    300
+}
+fn default_stall_timeout_s() -> f64 {
+    10.0
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: default_mqtt_url(),
+            topic_prefix: default_topic_prefix(),
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
+            keep_alive_s: default_keep_alive_s(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Problems found in a config file. Each line names the field, the value and the fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {p}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A config that passed validation, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// Directory relative paths were resolved against.
+    pub base_dir: PathBuf,
+    pub file: PathBuf,
+    /// Parsed sources, one per camera, in config order.
+    pub sources: Vec<Source>,
+    /// The HTTP address to bind.
+    pub listen: SocketAddr,
+    pub mqtt: MqttTarget,
+}
+
+/// The broker address and credentials, resolved from URL, files and environment.
+#[derive(Clone)]
+pub struct MqttTarget {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for MqttTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl fmt::Display for MqttTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+impl LoadedConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
+        let fail = |p: String| ConfigError {
+            file: file.to_owned(),
+            problems: vec![p],
+        };
+        let bytes = std::fs::read(file)
+            .map_err(|e| fail(format!("cannot read the config file: {}", io_reason(&e))))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            fail(format!(
+                "the config file is not UTF-8 text (bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        Self::from_str(&text, file, &base_dir)
+    }
+
+    /// Parses and validates config text as if read from `file`.
+    pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
+        let fail = |p: String| ConfigError {
+            file: file.to_owned(),
+            problems: vec![p],
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| fail(toml_problem(text, &e)))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut msg = toml_problem(text, &inner);
+            if path != "." && !path.is_empty() {
+                msg = format!("{path}: {msg}");
+            }
+            fail(msg)
+        })?;
+        validate(config, file, base_dir)
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (check the file's owner and mode)".into()
+        }
+        std::io::ErrorKind::IsADirectory => "it is a directory, not a file".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// One line: "line 12: unknown field `fpss`, expected one of ...".
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
+    let mut problems = Vec::new();
+    let mut p = |s: String| problems.push(s);
+
+    if !is_name(&config.device_id) {
+        p(format!(
+            "device_id = {:?}: use 1-64 letters, digits, `-` or `_` (it becomes part of MQTT topics)",
+            config.device_id
+        ));
+    }
+
+    // MQTT
+    let mqtt = match parse_mqtt(&config.mqtt, base_dir) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            p(e);
+            None
+        }
+    };
+    let prefix = &config.mqtt.topic_prefix;
+    if prefix.is_empty()
+        || prefix.contains(['#', '+'])
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+    {
+        p(format!(
+            "mqtt.topic_prefix = {prefix:?}: must be non-empty, without `#`, `+` or a leading/trailing `/`"
+        ));
+    }
+    if config.mqtt.keep_alive_s < 5 {
+        p(format!(
+            "mqtt.keep_alive_s = {}: use at least 5 seconds",
+            config.mqtt.keep_alive_s
+        ));
+    }
+
+    // HTTP
+    let listen = match config.http.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p(format!(
+                "http.listen = {:?}: not an address:port, e.g. \"0.0.0.0:8080\" or \"127.0.0.1:8080\"",
+                config.http.listen
+            ));
+            None
+        }
+    };
+
+    // Models
+    let mut model_names = HashSet::new();
+    for (i, m) in config.models.iter_mut().enumerate() {
+        let at = format!("models[{i}]");
+        if !is_name(&m.name) {
+            p(format!(
+                "{at}.name = {:?}: use 1-64 letters, digits, `-` or `_`",
+                m.name
+            ));
+        } else if !model_names.insert(m.name.clone()) {
+            p(format!(
+                "{at}.name = {:?}: another model already has this name",
+                m.name
+            ));
+        }
+        m.path = base_dir.join(&m.path);
+        if !m.path.is_file() {
+            let why = if m.path.exists() {
+                "is not a file"
+            } else {
+                "does not exist"
+            };
+            p(format!(
+                "{at}.path = {:?}: {} {why}",
+                m.path.display().to_string(),
+                m.path.display()
+            ));
+        }
+        if !(0.0..=1.0).contains(&m.confidence) {
+            p(format!(
+                "{at}.confidence = {}: must be between 0 and 1 (e.g. 0.25)",
+                m.confidence
+            ));
+        }
+        if !(0.0..=1.0).contains(&m.iou) {
+            p(format!(
+                "{at}.iou = {}: must be between 0 and 1 (e.g. 0.7)",
+                m.iou
+            ));
+        }
+        if m.max_detections == 0 {
+            p(format!("{at}.max_detections = 0: must be at least 1"));
+        }
+    }
+
+    // Cameras
+    let mut camera_names = HashSet::new();
+    let mut sources = Vec::new();
+    for (i, c) in config.cameras.iter().enumerate() {
+        let at = format!("cameras[{i}]");
+        if !is_name(&c.name) {
+            p(format!(
+                "{at}.name = {:?}: use 1-64 letters, digits, `-` or `_` (it is used in URLs)",
+                c.name
+            ));
+        } else if !camera_names.insert(c.name.clone()) {
+            p(format!(
+                "{at}.name = {:?}: another camera already has this name",
+                c.name
+            ));
+        }
+        match Source::parse(&c.source, base_dir) {
+            Ok(s) => {
+                if let Err(e) = s.check_exists() {
+                    p(format!("{at}.source: {e}"));
+                }
+                sources.push(s);
+            }
+            Err(e) => p(format!("{at}.source: {e}")),
+        }
+        if !model_names.contains(&c.model) {
+            let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+            p(format!(
+                "{at}.model = {:?}: no model has that name (models: {})",
+                c.model,
+                if known.is_empty() {
+                    "none configured".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        if c.fps == Some(0) {
+            p(format!(
+                "{at}.fps = 0: must be at least 1, or left out for every frame"
+            ));
+        }
+        if !(c.stall_timeout_s.is_finite() && c.stall_timeout_s >= 1.0) {
+            p(format!(
+                "{at}.stall_timeout_s = {}: must be at least 1 second",
+                c.stall_timeout_s
+            ));
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            file: file.to_owned(),
+            problems,
+        });
+    }
+    Ok(LoadedConfig {
+        config,
+        base_dir: base_dir.to_owned(),
+        file: file.to_owned(),
+        sources,
+        listen: listen.expect("checked above"),
+        mqtt: mqtt.expect("checked above"),
+    })
+}
+
+fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
+    let url = url::Url::parse(&m.url).map_err(|e| {
+        format!(
+            "mqtt.url = {:?}: not a URL ({e}); use e.g. \"mqtt://127.0.0.1:1883\"",
+            m.url
+        )
+    })?;
+    match url.scheme() {
+        "mqtt" | "tcp" => {}
+        "mqtts" | "ssl" => {
+            return Err(format!(
+                "mqtt.url = {:?}: TLS brokers are not supported by this build yet; use mqtt:// on a trusted network",
+                m.url
+            ));
+        }
+        other => {
+            return Err(format!(
+                "mqtt.url = {:?}: unknown scheme `{other}`; use mqtt://host:port",
+                m.url
+            ));
+        }
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "mqtt.url = {:?}: no host; use e.g. \"mqtt://127.0.0.1:1883\"",
+                m.url
+            )
+        })?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = url.port().unwrap_or(1883);
+    let sources = [
+        m.password.is_some(),
+        m.password_file.is_some(),
+        m.password_env.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err("mqtt: set only one of password, password_file, password_env".into());
+    }
+    let password = if let Some(p) = &m.password {
+        Some(p.clone())
+    } else if let Some(f) = &m.password_file {
+        let path = base_dir.join(f);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "mqtt.password_file = {:?}: cannot read it: {}",
+                path.display().to_string(),
+                io_reason(&e)
+            )
+        })?;
+        Some(text.trim_end_matches(['\r', '\n']).to_owned())
+    } else if let Some(var) = &m.password_env {
+        Some(std::env::var(var).map_err(|_| {
+            format!("mqtt.password_env = {var:?}: that environment variable is not set")
+        })?)
+    } else {
+        None
+    };
+    if password.is_some() && m.username.is_none() {
+        return Err("mqtt: a password needs a username too (mqtt.username)".into());
+    }
+    Ok(MqttTarget {
+        host,
+        port,
+        username: m.username.clone(),
+        password,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<LoadedConfig, String> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        LoadedConfig::from_str(text, Path::new("vigil.toml"), &dir).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+        device_id = "line-3"
+        [mqtt]
+        url = "mqtt://127.0.0.1:1884"
+        [[models]]
+        name = "ball"
+        path = "models/ball/ball.onnx"
+        confidence = 0.5
+        [[cameras]]
+        name = "cam1"
+        source = "test://ball"
+        fps = 10
+        model = "ball"
+    "#;
+
+    #[test]
+    fn accepts_a_good_config_and_fills_defaults() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.config.device_id, "line-3");
+        assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("127.0.0.1", 1884));
+        assert_eq!(c.config.mqtt.topic_prefix, "vigil");
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.config.models[0].iou, 0.7);
+        assert!(c.config.models[0].path.is_absolute() || c.config.models[0].path.starts_with(".."));
+        assert_eq!(c.sources.len(), 1);
+    }
+
+    #[test]
+    fn the_empty_config_is_valid() {
+        assert!(load("").is_ok());
+    }
+
+    #[test]
+    fn names_an_unknown_field_and_where_it_is() {
+        let e = load(&GOOD.replace("fps = 10", "fpss = 10")).unwrap_err();
+        assert!(
+            e.contains("cameras[0]") && e.contains("unknown field `fpss`") && e.contains("line 12"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn names_bad_values_with_the_fix() {
+        let e = load(&GOOD.replace("confidence = 0.5", "confidence = 1.5")).unwrap_err();
+        assert!(
+            e.contains("models[0].confidence = 1.5: must be between 0 and 1"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("test://ball", "foo://x")).unwrap_err();
+        assert!(
+            e.contains("cameras[0].source: unknown source scheme `foo://`"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("ball.onnx", "nope.onnx")).unwrap_err();
+        assert!(
+            e.contains("models[0].path") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("model = \"ball\"", "model = \"yolo\"")).unwrap_err();
+        assert!(
+            e.contains("cameras[0].model = \"yolo\": no model has that name (models: ball)"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("mqtt://127.0.0.1:1884", "amqp://x")).unwrap_err();
+        assert!(
+            e.contains("mqtt.url") && e.contains("unknown scheme `amqp`"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("line-3", "line/3")).unwrap_err();
+        assert!(e.contains("device_id = \"line/3\""), "{e}");
+        let e = load(&GOOD.replace("fps = 10", "fps = \"ten\"")).unwrap_err();
+        assert!(e.contains("cameras[0].fps") && e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = GOOD
+            .replace("confidence = 0.5", "confidence = 2.0")
+            .replace("test://ball", "foo://x");
+        let e = LoadedConfig::from_str(&text, Path::new("v.toml"), Path::new(".")).unwrap_err();
+        assert!(e.problems.len() >= 2, "{e:?}");
+    }
+
+    #[test]
+    fn reads_the_password_from_a_file_and_never_prints_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pw"), "s3cret\n").expect("write");
+        std::fs::create_dir_all(dir.path().join("models/ball")).expect("mkdir");
+        std::fs::copy(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ball/ball.onnx"),
+            dir.path().join("models/ball/ball.onnx"),
+        )
+        .expect("copy");
+        let text = GOOD.replace(
+            "url = \"mqtt://127.0.0.1:1884\"",
+            "url = \"mqtt://127.0.0.1:1884\"\nusername = \"vigil\"\npassword_file = \"pw\"",
+        );
+        let c = LoadedConfig::from_str(&text, Path::new("v.toml"), dir.path()).expect("valid");
+        assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{:?}", c.mqtt).contains("s3cret"));
+    }
+
+    #[test]
+    fn refuses_unreadable_files_in_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = LoadedConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read the config file") && e.contains("directory"),
+            "{e}"
+        );
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, [0xff, 0xfe, 0x00]).expect("write");
+        let e = LoadedConfig::load(&bin).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
+}

@@ -1,0 +1,356 @@
+//! Test harness for the end-to-end tests: a real Mosquitto broker on a
+//! loopback port, the real `vigil` binary, a real MQTT subscriber and a real
+//! HTTP client. Nothing here is mocked.
+//!
+//! Waiting is always for a condition (a port accepting connections, a line on
+//! stdout, a message on a topic, a health field) with a deadline, never a
+//! fixed sleep.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+pub fn vigil_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
+}
+
+pub fn ball_model() -> PathBuf {
+    repo_root().join("models/ball/ball.onnx")
+}
+
+/// A free TCP port on loopback (the OS picks it; the listener closes at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `cond` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Mosquitto broker of our own, on a loopback port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = Mosquitto {
+            port,
+            child: None,
+            dir,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)starts the broker on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto not found: run deploy/bootstrap.sh");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Messages received on a subscription, in arrival order.
+pub struct Subscriber {
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    client: rumqttc::Client,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, topic: &str) -> Subscriber {
+        let id = format!(
+            "test-sub-{}",
+            std::process::id() as u64 * 1000 + u64::from(free_port())
+        );
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 100);
+        client
+            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscription acknowledged");
+        Subscriber { rx, client }
+    }
+
+    /// The next message on `topic` (others are skipped), or panics after `timeout`.
+    pub fn next_on(&self, topic: &str, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, payload)) if t == topic => return payload,
+                Ok(_) => {}
+                Err(_) => panic!("no message on {topic} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Waits for `payload` on `topic`.
+    pub fn expect(&self, topic: &str, payload: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {payload:?} on {topic} within {timeout:?}"
+            );
+            if self.next_on(topic, left) == payload.as_bytes() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// A running `vigil run` with its own config in a temp dir; killed on drop.
+pub struct Vigil {
+    child: Child,
+    pub web: String,
+    pub dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Vigil {
+    /// Writes `config` to a temp dir and starts `vigil run` on it; returns once
+    /// the web address has been printed.
+    pub fn start(config: &str) -> Vigil {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("vigil.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let mut child = Command::new(vigil_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr log"))
+            .spawn()
+            .expect("spawn vigil");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.trim().strip_prefix("web page: ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_owned());
+                }
+            }
+        });
+        let web = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(web) => web,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("vigil did not start within 60 s; stderr:\n{log}");
+            }
+        };
+        Vigil {
+            child,
+            web,
+            dir,
+            stderr_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        http_get(&format!("{}{path}", self.web))
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        let (status, _, body) = self.get("/healthz");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("health JSON")
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET a URL: (status, content-type, body). Non-2xx statuses are returned, not errors.
+pub fn http_get(url: &str) -> (u16, String, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().expect("HTTP request");
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.body_mut().read_to_vec().expect("body");
+    (status, ctype, body)
+}
+
+/// Runs `vigil <args>` to completion: (exit code, stdout, stderr).
+pub fn vigil_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(vigil_bin());
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run vigil");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config for one ball camera; `extra` is appended verbatim.
+pub fn ball_config(device: &str, mqtt_url: &str, fps: u32) -> String {
+    format!(
+        r#"device_id = "{device}"
+[mqtt]
+url = "{mqtt_url}"
+keep_alive_s = 5
+[http]
+listen = "127.0.0.1:0"
+[[models]]
+name = "ball"
+path = "{model}"
+confidence = 0.5
+iou = 0.45
+[[cameras]]
+name = "cam1"
+source = "test://ball?width=640&height=480&fps={fps}"
+fps = {fps}
+model = "ball"
+"#,
+        model = ball_model().display()
+    )
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
