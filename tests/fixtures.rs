@@ -11,7 +11,11 @@ use support::repo_root;
 fn the_ball_model_is_rebuilt_byte_for_byte_by_its_script() {
     let root = repo_root();
     let python = root.join(".deps/venv/bin/python");
-    assert!(python.is_file(), "{} missing: run deploy/bootstrap.sh", python.display());
+    assert!(
+        python.is_file(),
+        "{} missing: run deploy/bootstrap.sh",
+        python.display()
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("ball.onnx");
     let status = Command::new(&python)
@@ -22,5 +26,8 @@ fn the_ball_model_is_rebuilt_byte_for_byte_by_its_script() {
     assert!(status.success(), "the script's own self-test failed");
     let rebuilt = std::fs::read(&out).expect("rebuilt");
     let committed = std::fs::read(root.join("models/ball/ball.onnx")).expect("committed");
-    assert!(rebuilt == committed, "models/ball/ball.onnx differs from what make_ball_model.py builds; re-run it");
+    assert!(
+        rebuilt == committed,
+        "models/ball/ball.onnx differs from what make_ball_model.py builds; re-run it"
+    );
 }
