@@ -26,6 +26,9 @@ pub enum InferenceError {
     #[error("model {path} does not fit any decoder: {reason}")]
     Unsupported { path: PathBuf, reason: String },
 
+    #[error("model {path}: {reason}")]
+    Provider { path: PathBuf, reason: String },
+
     #[error("inference failed: {0}")]
     Run(String),
 }

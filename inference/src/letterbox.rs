@@ -17,8 +17,6 @@ use crate::ImageView;
 
 /// Fixed-point scale of OpenCV's bilinear weights (`INTER_RESIZE_COEF_SCALE`).
 const COEF_SCALE: f32 = 2048.0;
-/// The grey of Ultralytics' padding.
-pub(crate) const PAD_VALUE: u8 = 114;
 
 /// Geometry of a letterbox from a source image into a model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,63 +80,7 @@ impl Letterbox {
         let sy = ((f64::from(y) - self.pad_y) / self.gain).clamp(0.0, f64::from(self.src_h));
         (sx as f32, sy as f32)
     }
-
-    /// Writes the letterboxed image as normalised planar RGB (`[3, dst_h, dst_w]`,
-    /// values `v / 255`) into `out`, reusing `scratch` between calls.
-    pub(crate) fn fill_nchw(
-        &self,
-        img: &ImageView<'_>,
-        out: &mut [f32],
-        scratch: &mut ResizeScratch,
-    ) {
-        let (dw, dh) = (self.dst_w as usize, self.dst_h as usize);
-        let plane = dw * dh;
-        debug_assert_eq!(out.len(), 3 * plane);
-        let pad = LUT[PAD_VALUE as usize];
-        let (left, top, nw, nh) = (
-            self.left as usize,
-            self.top as usize,
-            self.new_w as usize,
-            self.new_h as usize,
-        );
-        for c in 0..3 {
-            let p = &mut out[c * plane..(c + 1) * plane];
-            p[..top * dw].fill(pad);
-            p[(top + nh) * dw..].fill(pad);
-            for y in top..top + nh {
-                p[y * dw..y * dw + left].fill(pad);
-                p[y * dw + left + nw..(y + 1) * dw].fill(pad);
-            }
-        }
-        let (r, rest) = out.split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
-        resize_rows(img, nw, nh, scratch, |y, row| {
-            let at = (top + y) * dw + left;
-            let (r, g, b) = (
-                &mut r[at..at + nw],
-                &mut g[at..at + nw],
-                &mut b[at..at + nw],
-            );
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                r[x] = LUT[px[0] as usize];
-                g[x] = LUT[px[1] as usize];
-                b[x] = LUT[px[2] as usize];
-            }
-        });
-    }
 }
-
-/// `v / 255` for every byte, computed as a float32 division exactly as
-/// `torch.float() / 255` does, so inputs match the reference to the last bit.
-static LUT: [f32; 256] = {
-    let mut t = [0f32; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = i as f32 / 255.0;
-        i += 1;
-    }
-    t
-};
 
 /// Buffers reused across frames by the resizer.
 #[derive(Debug, Default)]
@@ -162,7 +104,7 @@ pub fn resize_bilinear_cv(src: &ImageView<'_>, dst_w: usize, dst_h: usize, dst: 
 }
 
 /// Produces the resized image one packed RGB row at a time.
-fn resize_rows(
+pub(crate) fn resize_rows(
     src: &ImageView<'_>,
     dst_w: usize,
     dst_h: usize,
@@ -361,21 +303,5 @@ mod tests {
         resize_bilinear_cv(&a, 5, 4, &mut da);
         resize_bilinear_cv(&b, 5, 4, &mut db);
         assert_eq!(da, db);
-    }
-
-    #[test]
-    fn fills_padding_with_114_and_normalises() {
-        let src = vec![255u8; 8 * 4 * 3];
-        let view = ImageView::new(&src, 8, 4, 24).expect("view");
-        let lb = Letterbox::new(8, 4, 8, 8);
-        let mut out = vec![0f32; 3 * 64];
-        lb.fill_nchw(&view, &mut out, &mut ResizeScratch::default());
-        let pad = 114.0 / 255.0;
-        for c in 0..3 {
-            let p = &out[c * 64..(c + 1) * 64];
-            assert!(p[..16].iter().all(|&v| v == pad), "top bar");
-            assert!(p[16..48].iter().all(|&v| v == 1.0), "image");
-            assert!(p[48..].iter().all(|&v| v == pad), "bottom bar");
-        }
     }
 }

@@ -1,32 +1,47 @@
-//! vigil-inference: ONNX models in, detections out.
+//! vigil-inference: ONNX models in, predictions out.
 //!
 //! ```text
+//!  model.onnx (+ model.manifest.toml, labels.txt)
+//!     │ read_facts: inputs, outputs, metadata      plan: decoder + preprocessing
+//!     ▼                                                  + labels + thresholds, with reasons
 //!  ImageView (RGB8, any stride)
-//!     │ letterbox: OpenCV-exact bilinear resize + pad 114, /255, HWC→NCHW,
-//!     │            written straight into a reused f32 tensor buffer
+//!     │ preprocess: cv2-exact resize (letterbox / stretch / none), colour order,
+//!     │             scale, mean/std, NCHW/NHWC, f32/f16/u8, into a reused buffer
 //!     ▼
-//!  ort Session::run (ONNX Runtime, loaded at run time from the PyPI wheel's library)
-//!     │ output tensor read in place (no copy)
+//!  ort Session::run (ONNX Runtime loaded at run time; CPU, CUDA, TensorRT, OpenVINO)
+//!     │ outputs read in place when they are f32
 //!     ▼
-//!  decoder (YOLOv8 [1,4+C,N]) → thresholds → NMS → boxes mapped back to the
-//!  original image's pixels
+//!  decoder (yolov8, yolov5, end2end, ssd, classify, anomalib, customvision, customvision-s1)
+//!     → per-class thresholds → NMS (YOLO heads) → boxes in the frame's pixels
 //! ```
 //!
-//! This is the only crate that links `ort`; none of its types leave it.
+//! The contract for every family is docs/model-families.md. This is the only
+//! crate that links `ort`; none of its types leave it.
 
 mod decode;
 mod error;
 mod image;
 mod letterbox;
+mod manifest;
 mod meta;
 mod model;
 mod nms;
+mod plan;
+mod preprocess;
+mod provider;
 pub mod runtime;
 
 pub use decode::DecoderKind;
 pub use error::InferenceError;
 pub use image::ImageView;
 pub use letterbox::{Letterbox, resize_bilinear_cv};
+pub use manifest::{ColorOrder, Layout, Manifest, PixelScale, ResizeMode, manifest_path};
 pub use meta::parse_python_names;
-pub use model::{Detector, ModelInfo, ModelOptions, Scratch, Timings};
+pub use model::{
+    Anomaly, ClassScore, Detector, ModelInfo, ModelOptions, Prediction, Scratch, Timings,
+    read_facts,
+};
 pub use nms::{BBox, Detection, nms};
+pub use plan::{ModelFacts, ModelPlan, Overrides, TensorInfo, Thresholds, plan};
+pub use preprocess::{Geometry, InputPlan, InputType};
+pub use provider::{Provider, ProviderStatus};

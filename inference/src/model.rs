@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -5,38 +6,26 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
-use crate::decode::{DecodeScratch, decode_yolov8};
-use crate::letterbox::ResizeScratch;
-use crate::meta::{parse_imgsz, parse_python_names};
-use crate::{DecoderKind, Detection, ImageView, InferenceError, Letterbox, nms, runtime};
+use crate::decode::{Coords, DecodeParams, DecodeScratch, OutTensor, decode};
+use crate::manifest::{read_labels_txt, read_manifest};
+use crate::plan::{ModelFacts, ModelPlan, Overrides, TensorInfo, plan};
+use crate::preprocess::{Geometry, InputBuffers, InputType};
+use crate::provider::{Provider, ProviderStatus, register};
+use crate::{BBox, DecoderKind, Detection, ImageView, InferenceError, nms, runtime};
 
-/// Thresholds and threads for one model.
-#[derive(Debug, Clone)]
+/// How to load a model: config overrides, threads and provider.
+#[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
-    /// Keep detections scoring strictly above this.
-    pub confidence: f32,
-    /// NMS drops a box overlapping a better one of the same class by more than this.
-    pub iou: f32,
-    pub max_detections: usize,
-    /// Suppress overlaps across classes too.
-    pub class_agnostic: bool,
+    pub overrides: Overrides,
     /// ONNX Runtime intra-op threads (0 = ONNX Runtime's default: one per core).
     pub intra_threads: usize,
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        ModelOptions {
-            confidence: 0.25,
-            iou: 0.7,
-            max_detections: 300,
-            class_agnostic: false,
-            intra_threads: 0,
-        }
-    }
+    pub provider: Provider,
+    pub device_id: i32,
+    /// Run on CPU, loudly, when the requested provider cannot be registered.
+    pub allow_cpu_fallback: bool,
 }
 
 /// What Vigil learned about a model when it loaded it.
@@ -44,18 +33,53 @@ impl Default for ModelOptions {
 pub struct ModelInfo {
     pub name: String,
     pub path: PathBuf,
-    /// Of the file's bytes, as loaded: names the exact version in every event.
+    /// Of the file's bytes as loaded: names the exact version in every event.
     pub sha256: String,
-    pub decoder: DecoderKind,
-    pub input_name: String,
-    pub input_width: u32,
-    pub input_height: u32,
-    pub output_name: String,
-    pub output_shape: Vec<i64>,
-    pub labels: Vec<String>,
-    /// The execution provider that really runs the model.
-    pub provider: String,
+    pub size_bytes: u64,
+    pub plan: ModelPlan,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
     pub metadata: BTreeMap<String, String>,
+    pub provider: ProviderStatus,
+}
+
+impl ModelInfo {
+    pub fn decoder(&self) -> DecoderKind {
+        self.plan.decoder
+    }
+    pub fn labels(&self) -> &[String] {
+        &self.plan.labels
+    }
+    /// Fixed input size (width, height); `None` when fed at the frame's size.
+    pub fn input_size(&self) -> Option<(u32, u32)> {
+        self.plan.input.size
+    }
+}
+
+/// A classifier's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassScore {
+    pub class_id: u32,
+    pub label: Arc<str>,
+    pub score: f32,
+}
+
+/// An anomaly model's answer; its regions are in [`Prediction::detections`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    pub score: f32,
+    pub threshold: f32,
+    pub is_anomalous: bool,
+}
+
+/// Everything a model said about one image. Boxes are in the image's pixels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prediction {
+    pub detections: Vec<Detection>,
+    /// Classifiers: the top classes, best first.
+    pub classes: Vec<ClassScore>,
+    /// Anomaly models: the verdict.
+    pub anomaly: Option<Anomaly>,
 }
 
 /// Time spent in each stage of one `detect` call.
@@ -66,166 +90,204 @@ pub struct Timings {
     pub postprocess: Duration,
 }
 
-/// Per-worker buffers, reused for every frame so the hot path does not allocate.
+/// Per-worker buffers, reused for every frame so the hot path does not allocate
+/// its big buffers.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    input: Vec<f32>,
-    resize: ResizeScratch,
+    input: InputBuffers,
     decode: DecodeScratch,
-    candidates: Vec<Detection>,
 }
 
 /// A loaded model, ready to run. Shared by every camera that uses it (one
-/// copy of the weights); `run` is serialised because ONNX Runtime sessions
-/// are not safe to run concurrently from `ort`.
+/// copy of the weights); runs are serialised because `ort` sessions take
+/// `&mut self` to run.
 #[derive(Debug)]
 pub struct Detector {
     info: Arc<ModelInfo>,
     labels: Vec<Arc<str>>,
-    options: ModelOptions,
-    classes: usize,
+    params: DecodeParams,
+    /// Per class id: its own threshold when the config or manifest set one.
+    class_threshold: Vec<Option<f32>>,
     session: Mutex<Session>,
 }
 
+fn dtype_name(t: &TensorElementType) -> String {
+    match t {
+        TensorElementType::Float32 => "float32",
+        TensorElementType::Float16 => "float16",
+        TensorElementType::Float64 => "float64",
+        TensorElementType::Uint8 => "uint8",
+        TensorElementType::Int8 => "int8",
+        TensorElementType::Int32 => "int32",
+        TensorElementType::Int64 => "int64",
+        TensorElementType::Bool => "bool",
+        other => return format!("{other:?}").to_lowercase(),
+    }
+    .to_string()
+}
+
+fn tensor_info(o: &ort::value::Outlet) -> TensorInfo {
+    match o.dtype() {
+        ValueType::Tensor { ty, shape, .. } => TensorInfo {
+            name: o.name().to_owned(),
+            dtype: dtype_name(ty),
+            shape: shape.to_vec(),
+        },
+        other => TensorInfo {
+            name: o.name().to_owned(),
+            dtype: format!("{other:?}"),
+            shape: vec![],
+        },
+    }
+}
+
+/// Opens a model file with ONNX Runtime and reads what it says about itself,
+/// plus its manifest and labels.txt. Used by `load` and `vigil models inspect`.
+pub fn read_facts(path: &Path) -> Result<(Vec<u8>, Session, ModelFacts), InferenceError> {
+    read_facts_with(path, &ModelOptions::default()).map(|(b, s, f, _)| (b, s, f))
+}
+
+fn read_facts_with(
+    path: &Path,
+    options: &ModelOptions,
+) -> Result<(Vec<u8>, Session, ModelFacts, ProviderStatus), InferenceError> {
+    let bytes = std::fs::read(path).map_err(|e| InferenceError::ModelUnreadable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if bytes.is_empty() {
+        return Err(InferenceError::ModelLoad {
+            path: path.to_owned(),
+            reason: "the file is empty".into(),
+        });
+    }
+    let env = runtime::environment()?;
+    let load_err = |reason: String| InferenceError::ModelLoad {
+        path: path.to_owned(),
+        reason,
+    };
+    let base =
+        |opts: &ModelOptions| -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+            let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+            b = b
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| load_err(e.to_string()))?;
+            if opts.intra_threads > 0 {
+                b = b
+                    .with_intra_threads(opts.intra_threads)
+                    .map_err(|e| load_err(e.to_string()))?;
+            }
+            Ok(b)
+        };
+    let requested = options.provider;
+    let (builder, provider) = match register(base(options)?, requested, options.device_id) {
+        Ok(b) => (
+            b,
+            ProviderStatus {
+                requested: requested.ort_name().into(),
+                active: requested.ort_name().into(),
+                fallback_reason: None,
+            },
+        ),
+        Err(reason) if options.allow_cpu_fallback => {
+            tracing::error!(
+                model = %path.display(),
+                requested = requested.ort_name(),
+                %reason,
+                "execution provider unavailable: RUNNING ON CPU INSTEAD (allow_cpu_fallback = true)"
+            );
+            (
+                base(options)?,
+                ProviderStatus {
+                    requested: requested.ort_name().into(),
+                    active: Provider::Cpu.ort_name().into(),
+                    fallback_reason: Some(reason),
+                },
+            )
+        }
+        Err(reason) => {
+            return Err(InferenceError::Provider {
+                path: path.to_owned(),
+                reason,
+            });
+        }
+    };
+    let mut builder = builder;
+    let session = builder
+        .commit_from_memory(&bytes)
+        .map_err(|e| load_err(e.to_string()))?;
+    let mut metadata = BTreeMap::new();
+    if let Ok(meta) = session.metadata()
+        && let Ok(keys) = meta.custom_keys()
+    {
+        for k in keys {
+            if let Some(v) = meta.custom(&k) {
+                metadata.insert(k, v);
+            }
+        }
+    }
+    let manifest = read_manifest(path).map_err(|reason| InferenceError::Unsupported {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let facts = ModelFacts {
+        inputs: session.inputs().iter().map(tensor_info).collect(),
+        outputs: session.outputs().iter().map(tensor_info).collect(),
+        metadata,
+        manifest,
+        labels_txt: read_labels_txt(path),
+    };
+    Ok((bytes, session, facts, provider))
+}
+
 impl Detector {
-    /// Loads, inspects and validates a model. Fails with a message that says
-    /// what was found when no decoder fits.
+    /// Loads, inspects and validates a model, then test-runs it once on a
+    /// blank frame. Fails with a message that lists what was found when no
+    /// decoder fits.
     pub fn load(
         name: &str,
         path: &Path,
         options: ModelOptions,
     ) -> Result<Detector, InferenceError> {
-        let bytes = std::fs::read(path).map_err(|e| InferenceError::ModelUnreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let env = runtime::environment()?;
-        let load_err = |reason: String| InferenceError::ModelLoad {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-        builder = builder
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(e.to_string()))?;
-        if options.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(options.intra_threads)
-                .map_err(|e| load_err(e.to_string()))?;
-        }
-        let session = builder
-            .commit_from_memory(&bytes)
-            .map_err(|e| load_err(e.to_string()))?;
-
-        let metadata = read_metadata(&session);
-        let unsupported = |reason: String| InferenceError::Unsupported {
-            path: path.to_owned(),
-            reason,
-        };
-        let found = describe_io(&session);
-
-        let [input] = session.inputs() else {
-            return Err(unsupported(format!(
-                "expected one image input; found {found}"
-            )));
-        };
-        let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-            return Err(unsupported(format!(
-                "the input is not a tensor; found {found}"
-            )));
-        };
-        if *ty != TensorElementType::Float32 {
-            return Err(unsupported(format!(
-                "the input is {ty:?}, Vigil feeds float32 images; found {found}"
-            )));
-        }
-        if shape.len() != 4 || !(shape[1] == 3 || shape[1] == -1) {
-            return Err(unsupported(format!(
-                "the input must be an NCHW image [1, 3, height, width]; found {found}"
-            )));
-        }
-        let imgsz = metadata.get("imgsz").and_then(|s| parse_imgsz(s));
-        let dim = |v: i64, fallback: Option<u32>| if v > 0 { Some(v as u32) } else { fallback };
-        let (Some(input_height), Some(input_width)) = (
-            dim(shape[2], imgsz.map(|s| s.0).or(Some(640))),
-            dim(shape[3], imgsz.map(|s| s.1).or(Some(640))),
-        ) else {
-            return Err(unsupported(format!(
-                "cannot tell the input size; found {found}"
-            )));
-        };
-
-        let Some(output) = session.outputs().first() else {
-            return Err(unsupported(format!(
-                "the model has no outputs; found {found}"
-            )));
-        };
-        let out_shape: Vec<i64> = match output.dtype() {
-            ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                shape,
-                ..
-            } => shape.to_vec(),
-            _ => {
-                return Err(unsupported(format!(
-                    "the first output is not a float32 tensor; found {found}"
-                )));
-            }
-        };
-        // YOLOv8 layout: [1, 4 + C, N], with the anchor count N larger than the row count.
-        let decoder = match out_shape.as_slice() {
-            [b, rows, n] if (*b == 1 || *b == -1) && *rows > 4 && (*n == -1 || *n > *rows) => {
-                DecoderKind::YoloV8
-            }
-            _ => {
-                return Err(unsupported(format!(
-                    "no decoder fits the output layout; found {found}. Supported here: YOLOv8-style [1, 4+C, N]"
-                )));
-            }
-        };
-        let classes = (out_shape[1] - 4) as usize;
-
-        let labels = match metadata.get("names") {
-            Some(names) => parse_python_names(names)
-                .map_err(|e| unsupported(format!("its `names` metadata cannot be read ({e})")))?,
-            None => (0..classes).map(|i| format!("class{i}")).collect(),
-        };
-        if labels.len() != classes {
-            return Err(unsupported(format!(
-                "it has {} labels but its output has {classes} classes; found {found}",
-                labels.len()
-            )));
-        }
-
+        let (bytes, session, facts, provider) = read_facts_with(path, &options)?;
+        let plan =
+            plan(&facts, &options.overrides).map_err(|reason| InferenceError::Unsupported {
+                path: path.to_owned(),
+                reason: format!("{reason}; found {}", facts.describe()),
+            })?;
+        let labels: Vec<Arc<str>> = plan.labels.iter().map(|l| Arc::from(l.as_str())).collect();
+        let class_threshold = plan
+            .labels
+            .iter()
+            .map(|l| plan.thresholds.class_confidence.get(l).copied())
+            .collect();
         let info = ModelInfo {
             name: name.to_owned(),
             path: path.to_owned(),
             sha256: hex(&Sha256::digest(&bytes)),
-            decoder,
-            input_name: input.name().to_owned(),
-            input_width,
-            input_height,
-            output_name: output.name().to_owned(),
-            output_shape: out_shape,
-            labels: labels.clone(),
-            provider: "CPUExecutionProvider".into(),
-            metadata,
+            size_bytes: bytes.len() as u64,
+            plan: plan.clone(),
+            inputs: facts.inputs,
+            outputs: facts.outputs,
+            metadata: facts.metadata,
+            provider,
         };
         let detector = Detector {
             info: Arc::new(info),
-            labels: labels.into_iter().map(Arc::from).collect(),
-            options,
-            classes,
+            labels,
+            params: plan.decode_params(),
+            class_threshold,
             session: Mutex::new(session),
         };
-        // Run once on a blank frame: catches models that load but fail at run
-        // time (bad shapes inside the graph) before they meet a camera.
         let blank = vec![0u8; 64 * 48 * 3];
-        let view =
-            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| unsupported("internal".into()))?;
+        let view = ImageView::new(&blank, 64, 48, 64 * 3)
+            .ok_or_else(|| InferenceError::Run("internal".into()))?;
         detector
             .detect(&view, &mut Scratch::default())
-            .map_err(|e| unsupported(format!("a test run failed: {e}")))?;
+            .map_err(|e| InferenceError::Unsupported {
+                path: path.to_owned(),
+                reason: format!("a test run on a blank frame failed: {e}"),
+            })?;
         Ok(detector)
     }
 
@@ -233,76 +295,68 @@ impl Detector {
         &self.info
     }
 
-    pub fn options(&self) -> &ModelOptions {
-        &self.options
-    }
-
-    /// Runs the model on one image. Boxes come back in `img`'s pixels.
+    /// Runs the model on one image.
     pub fn detect(
         &self,
         img: &ImageView<'_>,
         scratch: &mut Scratch,
-    ) -> Result<(Vec<Detection>, Timings), InferenceError> {
+    ) -> Result<(Prediction, Timings), InferenceError> {
+        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
         let t0 = Instant::now();
-        let (w, h) = (self.info.input_width, self.info.input_height);
-        let lb = Letterbox::new(img.width, img.height, w, h);
-        scratch.input.resize(3 * w as usize * h as usize, 0.0);
-        lb.fill_nchw(img, &mut scratch.input, &mut scratch.resize);
+        let plan = &self.info.plan;
+        let geometry = plan.input.fill(img, &mut scratch.input);
+        let (in_w, in_h) = geometry.input_size();
+        let shape = plan.input.shape(in_w, in_h);
         let t1 = Instant::now();
 
-        let input =
-            TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], &scratch.input[..]))
-                .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let buf = &scratch.input;
         let mut session = self
             .session
             .lock()
             .map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
-        let outputs = session
-            .run(ort::inputs![input])
-            .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let name = plan.input.name.as_str();
+        let outputs = match plan.input.dtype {
+            InputType::Float32 => {
+                let t = TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?;
+                session.run(ort::inputs![name => t])
+            }
+            InputType::Float16 => {
+                let t = TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?;
+                session.run(ort::inputs![name => t])
+            }
+            InputType::Uint8 => {
+                let t = TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?;
+                session.run(ort::inputs![name => t])
+            }
+        }
+        .map_err(run_err)?;
         let t2 = Instant::now();
 
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| InferenceError::Run(e.to_string()))?;
-        let (rows, anchors) = match **shape {
-            [1, rows, n] if rows as usize == 4 + self.classes => (rows as usize, n as usize),
-            _ => {
-                return Err(InferenceError::Run(format!(
-                    "unexpected output shape {:?}",
-                    &**shape
-                )));
-            }
-        };
-        debug_assert_eq!(rows * anchors, data.len());
-        scratch.candidates.clear();
-        match self.info.decoder {
-            DecoderKind::YoloV8 => decode_yolov8(
-                data,
-                self.classes,
-                anchors,
-                self.options.confidence,
-                &self.labels,
-                &mut scratch.decode,
-                &mut scratch.candidates,
-            ),
+        let mut outs = Vec::with_capacity(plan.roles.len());
+        for role in &plan.roles {
+            outs.push(match role {
+                Some(i) => Some(read_output(&outputs[*i])?),
+                None => None,
+            });
         }
+        let mut pred = Prediction::default();
+        let coords = decode(
+            plan.decoder,
+            &outs,
+            &self.params,
+            &self.labels,
+            geometry.frame_size(),
+            &mut scratch.decode,
+            &mut pred,
+        )
+        .map_err(InferenceError::Run)?;
+        drop(outs);
         drop(outputs);
         drop(session);
-        let mut dets = nms(
-            std::mem::take(&mut scratch.candidates),
-            self.options.iou,
-            self.options.class_agnostic,
-            self.options.max_detections,
-        );
-        for d in &mut dets {
-            let (x1, y1) = lb.to_source(d.bbox.x1, d.bbox.y1);
-            let (x2, y2) = lb.to_source(d.bbox.x2, d.bbox.y2);
-            d.bbox = crate::BBox { x1, y1, x2, y2 };
-        }
+        self.finish(&mut pred, coords, &geometry);
         let t3 = Instant::now();
         Ok((
-            dets,
+            pred,
             Timings {
                 preprocess: t1 - t0,
                 run: t2 - t1,
@@ -310,31 +364,87 @@ impl Detector {
             },
         ))
     }
-}
 
-fn read_metadata(session: &Session) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Ok(meta) = session.metadata()
-        && let Ok(keys) = meta.custom_keys()
-    {
-        for k in keys {
-            if let Some(v) = meta.custom(&k) {
-                out.insert(k, v);
-            }
+    /// Shared by every family: per-class thresholds, NMS where the family
+    /// needs it, and boxes into frame pixels.
+    fn finish(&self, pred: &mut Prediction, coords: Coords, geometry: &Geometry) {
+        let t = &self.info.plan.thresholds;
+        if self.class_threshold.iter().any(Option::is_some) || !t.class_confidence.is_empty() {
+            pred.detections.retain(|d| {
+                let thr = self
+                    .class_threshold
+                    .get(d.class_id as usize)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(t.confidence);
+                d.score > thr
+            });
+        }
+        if self.info.plan.decoder.uses_nms() {
+            pred.detections = nms(
+                std::mem::take(&mut pred.detections),
+                t.iou,
+                t.class_agnostic,
+                t.max_detections,
+            );
+        }
+        for d in &mut pred.detections {
+            let b = d.bbox;
+            let ((x1, y1), (x2, y2)) = match coords {
+                Coords::Input => (geometry.to_frame(b.x1, b.y1), geometry.to_frame(b.x2, b.y2)),
+                Coords::Normalised => (
+                    geometry.normalised_to_frame(b.x1, b.y1),
+                    geometry.normalised_to_frame(b.x2, b.y2),
+                ),
+                Coords::Frame => {
+                    let (w, h) = geometry.frame_size();
+                    (
+                        (b.x1.clamp(0.0, w as f32), b.y1.clamp(0.0, h as f32)),
+                        (b.x2.clamp(0.0, w as f32), b.y2.clamp(0.0, h as f32)),
+                    )
+                }
+            };
+            d.bbox = BBox { x1, y1, x2, y2 };
         }
     }
-    out
 }
 
-/// "inputs images: float32 [1, 3, 640, 640]; outputs output0: float32 [1, 84, 8400]"
-fn describe_io(session: &Session) -> String {
-    let one = |o: &ort::value::Outlet| match o.dtype() {
-        ValueType::Tensor { ty, shape, .. } => format!("{}: {:?} {:?}", o.name(), ty, &**shape),
-        other => format!("{}: {other:?}", o.name()),
+/// An output as f32: borrowed when it already is f32, converted otherwise
+/// (class ids as int64, masks as bool, float16 heads).
+fn read_output(v: &DynValue) -> Result<OutTensor<'_>, InferenceError> {
+    let err = |e: ort::Error| InferenceError::Run(e.to_string());
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return Err(InferenceError::Run("an output is not a tensor".into()));
     };
-    let ins: Vec<String> = session.inputs().iter().map(one).collect();
-    let outs: Vec<String> = session.outputs().iter().map(one).collect();
-    format!("inputs {}; outputs {}", ins.join(", "), outs.join(", "))
+    macro_rules! conv {
+        ($t:ty, $f:expr) => {{
+            let (shape, data) = v.try_extract_tensor::<$t>().map_err(err)?;
+            OutTensor {
+                shape: shape.to_vec(),
+                data: Cow::Owned(data.iter().map($f).collect()),
+            }
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float32 => {
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
+            OutTensor {
+                shape: shape.to_vec(),
+                data: Cow::Borrowed(data),
+            }
+        }
+        TensorElementType::Float16 => conv!(half::f16, |x: &half::f16| x.to_f32()),
+        TensorElementType::Float64 => conv!(f64, |x: &f64| *x as f32),
+        TensorElementType::Int64 => conv!(i64, |x: &i64| *x as f32),
+        TensorElementType::Int32 => conv!(i32, |x: &i32| *x as f32),
+        TensorElementType::Uint8 => conv!(u8, |x: &u8| f32::from(*x)),
+        TensorElementType::Bool => conv!(bool, |x: &bool| if *x { 1.0 } else { 0.0 }),
+        other => {
+            return Err(InferenceError::Run(format!(
+                "outputs of type {other:?} are not supported"
+            )));
+        }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -28,21 +28,17 @@ fn disk_image(w: usize, h: usize, pad: usize, disks: &[(f32, f32, f32)]) -> Vec<
 }
 
 fn options() -> ModelOptions {
-    ModelOptions {
-        confidence: 0.5,
-        iou: 0.45,
-        ..ModelOptions::default()
-    }
+    let mut o = ModelOptions::default();
+    o.overrides.confidence = Some(0.5);
+    o.overrides.iou = Some(0.45);
+    o
 }
 
 #[test]
 fn finds_the_ball_where_it_is_in_a_non_square_image() {
     let det = Detector::load("ball", &ball_model(), options()).expect("load");
-    assert_eq!(det.info().labels, vec!["ball".to_string()]);
-    assert_eq!(
-        (det.info().input_width, det.info().input_height),
-        (640, 640)
-    );
+    assert_eq!(det.info().labels(), ["ball".to_string()]);
+    assert_eq!(det.info().input_size(), Some((640, 640)));
     assert_eq!(det.info().sha256.len(), 64);
     let mut scratch = Scratch::default();
     // 1280x720 with padded rows: letterboxed to 640x360 with 140 px bars.
@@ -50,7 +46,11 @@ fn finds_the_ball_where_it_is_in_a_non_square_image() {
         let (w, h, pad) = (1280usize, 720usize, 4usize);
         let img = disk_image(w, h, pad, &[(cx, cy, 40.0)]);
         let view = ImageView::new(&img, w as u32, h as u32, w * 3 + pad).expect("view");
-        let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+        let dets = det
+            .detect(&view, &mut scratch)
+            .expect("detect")
+            .0
+            .detections;
         assert_eq!(dets.len(), 1, "{dets:?}");
         let (bx, by) = dets[0].bbox.center();
         assert!(
@@ -69,11 +69,19 @@ fn finds_two_balls_and_nothing_in_an_empty_frame() {
     let mut scratch = Scratch::default();
     let img = disk_image(640, 480, 0, &[(100.0, 100.0, 20.0), (500.0, 300.0, 20.0)]);
     let view = ImageView::new(&img, 640, 480, 640 * 3).expect("view");
-    let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+    let dets = det
+        .detect(&view, &mut scratch)
+        .expect("detect")
+        .0
+        .detections;
     assert_eq!(dets.len(), 2, "{dets:?}");
     let empty = vec![0u8; 640 * 480 * 3];
     let view = ImageView::new(&empty, 640, 480, 640 * 3).expect("view");
-    let (dets, _) = det.detect(&view, &mut scratch).expect("detect");
+    let dets = det
+        .detect(&view, &mut scratch)
+        .expect("detect")
+        .0
+        .detections;
     assert!(dets.is_empty(), "{dets:?}");
 }
 

@@ -1,7 +1,7 @@
 //! Drawing detections onto a frame and encoding it as JPEG, for the snapshot
 //! endpoint. Runs only when someone asks for a picture, never per frame.
 
-use vigil_inference::Detection;
+use vigil_inference::Prediction;
 
 /// Box colours by class id: distinct, and readable with black text on them.
 const PALETTE: [[u8; 3]; 8] = [
@@ -20,14 +20,15 @@ pub fn class_colour(class_id: u32) -> [u8; 3] {
     PALETTE[class_id as usize % PALETTE.len()]
 }
 
-/// Copies a strided RGB frame into a packed buffer and draws each detection:
-/// a 3 px box and a filled label tab with "label 0.93".
+/// Copies a strided RGB frame into a packed buffer and draws each detection
+/// (a 3 px box and a filled label tab with "label 0.93"), and for classifiers
+/// and anomaly models a banner with the top class or the verdict.
 pub fn draw(
     data: &[u8],
     width: u32,
     height: u32,
     stride: usize,
-    detections: &[Detection],
+    prediction: &Prediction,
 ) -> Vec<u8> {
     let (w, h) = (width as usize, height as usize);
     let mut img = Vec::with_capacity(w * h * 3);
@@ -35,7 +36,26 @@ pub fn draw(
         img.extend_from_slice(&data[y * stride..y * stride + w * 3]);
     }
     let mut canvas = Canvas { px: &mut img, w, h };
-    for d in detections {
+    let scale = if h >= 720 { 2 } else { 1 };
+    let banner = match (prediction.classes.first(), prediction.anomaly) {
+        (_, Some(a)) => Some((
+            format!(
+                "{} {:.3}",
+                if a.is_anomalous { "NG" } else { "OK" },
+                a.score
+            ),
+            a.is_anomalous,
+        )),
+        (Some(c), None) => Some((format!("{} {:.2}", c.label, c.score), false)),
+        _ => None,
+    };
+    if let Some((text, bad)) = banner {
+        let colour = if bad { [255, 56, 56] } else { [0, 255, 64] };
+        let (tw, th) = (text.chars().count() as i64 * 8 * scale + 8, 8 * scale + 8);
+        canvas.fill(0, 0, tw, th, colour);
+        canvas.text(4, 4, &text, scale, [0, 0, 0]);
+    }
+    for d in &prediction.detections {
         let c = class_colour(d.class_id);
         let b = d.bbox;
         let (x1, y1) = (b.x1.round() as i64, b.y1.round() as i64);
@@ -44,7 +64,6 @@ pub fn draw(
             canvas.rect_outline(x1 - t, y1 - t, x2 + t, y2 + t, c);
         }
         let text = format!("{} {:.2}", d.label, d.score);
-        let scale = if h >= 720 { 2 } else { 1 };
         let (tw, th) = (text.chars().count() as i64 * 8 * scale + 4, 8 * scale + 4);
         let ty = if y1 - 3 - th >= 0 {
             y1 - 3 - th
@@ -133,7 +152,7 @@ impl Canvas<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_inference::BBox;
+    use vigil_inference::{BBox, Detection};
 
     #[test]
     fn draws_the_box_in_its_class_colour_and_leaves_the_rest() {
@@ -151,7 +170,11 @@ mod tests {
                 y2: 40.0,
             },
         };
-        let img = draw(&frame, w, h, stride, &[det]);
+        let pred = Prediction {
+            detections: vec![det],
+            ..Prediction::default()
+        };
+        let img = draw(&frame, w, h, stride, &pred);
         assert_eq!(img.len(), (w * h * 3) as usize);
         let at = |x: usize, y: usize| &img[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3];
         assert_eq!(at(20, 30), class_colour(0));

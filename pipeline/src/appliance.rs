@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use vigil_camera::{Camera, CameraOptions, Frame, FrameSlot};
-use vigil_inference::{Detection, Detector, ImageView, ModelInfo, ModelOptions, Scratch, runtime};
+use vigil_inference::{Detector, ImageView, ModelInfo, Prediction, Scratch, runtime};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
@@ -35,7 +35,7 @@ const EVENT_QUEUE: usize = 256;
 #[derive(Debug)]
 pub struct Processed {
     pub frame: Frame,
-    pub detections: Vec<Detection>,
+    pub prediction: Prediction,
     pub model: Arc<ModelInfo>,
 }
 
@@ -111,8 +111,9 @@ pub struct ModelHealth {
     pub sha256: String,
     pub decoder: &'static str,
     pub labels: Vec<String>,
-    pub input: [u32; 2],
-    pub provider: String,
+    /// `[width, height]`; absent when frames are fed at their own size.
+    pub input: Option<[u32; 2]>,
+    pub provider: vigil_inference::ProviderStatus,
 }
 
 /// Why a snapshot could not be made.
@@ -136,18 +137,18 @@ impl Appliance {
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
         for m in &cfg.models {
-            let options = ModelOptions {
-                confidence: m.confidence,
-                iou: m.iou,
-                max_detections: m.max_detections,
-                class_agnostic: m.class_agnostic,
-                intra_threads: m.threads,
-            };
-            let det = Detector::load(&m.name, &m.path, options).map_err(|e| StartError::Model {
-                name: m.name.clone(),
-                error: e,
-            })?;
-            tracing::info!(model = %m.name, sha256 = %det.info().sha256, decoder = det.info().decoder.as_str(), "model loaded");
+            let det =
+                Detector::load(&m.name, &m.path, m.options()).map_err(|e| StartError::Model {
+                    name: m.name.clone(),
+                    error: e,
+                })?;
+            tracing::info!(
+                model = %m.name,
+                sha256 = %det.info().sha256,
+                decoder = det.info().decoder().as_str(),
+                provider = %det.info().provider.active,
+                "model loaded"
+            );
             models.insert(m.name.clone(), Arc::new(det));
             model_order.push(m.name.clone());
         }
@@ -291,9 +292,9 @@ impl Appliance {
                     ModelHealth {
                         name: i.name.clone(),
                         sha256: i.sha256.clone(),
-                        decoder: i.decoder.as_str(),
-                        labels: i.labels.clone(),
-                        input: [i.input_width, i.input_height],
+                        decoder: i.decoder().as_str(),
+                        labels: i.labels().to_vec(),
+                        input: i.input_size().map(|(w, h)| [w, h]),
                         provider: i.provider.clone(),
                     }
                 })
@@ -320,7 +321,7 @@ impl Appliance {
             f.width(),
             f.height(),
             f.stride(),
-            &latest.detections,
+            &latest.prediction,
         );
         annotate::encode_jpeg(&rgb, f.width(), f.height(), 85).map_err(SnapshotError::Encode)
     }
@@ -392,7 +393,7 @@ fn spawn_worker(
                     );
                     continue;
                 };
-                let (detections, timings) = match detector.detect(&view, &mut scratch) {
+                let (prediction, timings) = match detector.detect(&view, &mut scratch) {
                     Ok(r) => r,
                     Err(e) => {
                         let n = errors.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +407,10 @@ fn spawn_worker(
                 };
                 processed.fetch_add(1, Ordering::Relaxed);
                 let model = detector.info().clone();
-                if !detections.is_empty() {
+                let noteworthy = !prediction.detections.is_empty()
+                    || !prediction.classes.is_empty()
+                    || prediction.anomaly.is_some();
+                if noteworthy {
                     let event = DetectionsEvent {
                         id: uuid::Uuid::now_v7(),
                         camera: camera.clone(),
@@ -417,12 +421,12 @@ fn spawn_worker(
                         width: frame.width(),
                         height: frame.height(),
                         model: model.clone(),
-                        detections: detections.clone(),
+                        prediction: prediction.clone(),
                         timings,
                     };
                     *latest.lock() = Some(Arc::new(Processed {
                         frame,
-                        detections,
+                        prediction,
                         model,
                     }));
                     if events.blocking_send(event).is_err() {
@@ -431,7 +435,7 @@ fn spawn_worker(
                 } else {
                     *latest.lock() = Some(Arc::new(Processed {
                         frame,
-                        detections,
+                        prediction,
                         model,
                     }));
                 }

@@ -4,7 +4,7 @@
 //! that name the field, and every semantic check names the field, the bad
 //! value and the fix. Relative paths are relative to the config file.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,22 +78,62 @@ pub struct ModelConfig {
     pub name: String,
     /// The `.onnx` file.
     pub path: PathBuf,
-    /// Detections scoring at or below this are dropped (0..1).
-    #[serde(default = "default_confidence")]
-    pub confidence: f32,
+    /// Force a decoder instead of recognising the model (see docs/model-families.md).
+    #[serde(default)]
+    pub decoder: Option<String>,
+    /// Detections scoring at or below this are dropped (0..1). Unset: the
+    /// model's manifest, else the family default (0.25; Custom Vision 0.1).
+    #[serde(default)]
+    pub confidence: Option<f32>,
     /// NMS IoU threshold (0..1): a box overlapping a better one of its class
-    /// by more than this is dropped.
-    #[serde(default = "default_iou")]
-    pub iou: f32,
-    /// At most this many detections per frame.
-    #[serde(default = "default_max_detections")]
-    pub max_detections: usize,
+    /// by more than this is dropped. Unset: manifest, else 0.7 (Custom Vision 0.45).
+    #[serde(default)]
+    pub iou: Option<f32>,
+    /// At most this many detections per frame. Unset: manifest, else 300 (Custom Vision 20).
+    #[serde(default)]
+    pub max_detections: Option<usize>,
     /// Suppress overlapping boxes across classes too.
     #[serde(default)]
-    pub class_agnostic: bool,
+    pub class_agnostic: Option<bool>,
+    /// Confidence thresholds for particular labels, e.g. `{ person = 0.5 }`.
+    #[serde(default)]
+    pub class_confidence: BTreeMap<String, f32>,
     /// ONNX Runtime threads for this model; 0 lets ONNX Runtime use every core.
     #[serde(default)]
     pub threads: usize,
+    /// Where the model runs: `cpu`, `cuda`, `tensorrt` or `openvino`.
+    #[serde(default)]
+    pub provider: vigil_inference::Provider,
+    /// GPU index for `cuda` and `tensorrt`.
+    #[serde(default)]
+    pub device_id: i32,
+    /// When the provider cannot be used, run on the CPU (with a loud warning
+    /// and the fact in health) instead of refusing to start.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+}
+
+impl ModelConfig {
+    /// The options `vigil_inference` loads this model with.
+    pub fn options(&self) -> vigil_inference::ModelOptions {
+        vigil_inference::ModelOptions {
+            overrides: vigil_inference::Overrides {
+                decoder: self
+                    .decoder
+                    .as_deref()
+                    .and_then(vigil_inference::DecoderKind::parse),
+                confidence: self.confidence,
+                iou: self.iou,
+                max_detections: self.max_detections,
+                class_agnostic: self.class_agnostic,
+                class_confidence: self.class_confidence.clone(),
+            },
+            intra_threads: self.threads,
+            provider: self.provider,
+            device_id: self.device_id,
+            allow_cpu_fallback: self.allow_cpu_fallback,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,15 +169,6 @@ fn default_keep_alive_s() -> u64 {
 }
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
-}
-fn default_confidence() -> f32 {
-    0.25
-}
-fn default_iou() -> f32 {
-    0.7
-}
-fn default_max_detections() -> usize {
-    300
 }
 fn default_stall_timeout_s() -> f64 {
     10.0
@@ -377,20 +408,37 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
                 m.path.display()
             ));
         }
-        if !(0.0..=1.0).contains(&m.confidence) {
+        if let Some(c) = m.confidence.filter(|c| !(0.0..=1.0).contains(c)) {
             p(format!(
-                "{at}.confidence = {}: must be between 0 and 1 (e.g. 0.25)",
-                m.confidence
+                "{at}.confidence = {c}: must be between 0 and 1 (e.g. 0.25)"
             ));
         }
-        if !(0.0..=1.0).contains(&m.iou) {
+        if let Some(v) = m.iou.filter(|v| !(0.0..=1.0).contains(v)) {
             p(format!(
-                "{at}.iou = {}: must be between 0 and 1 (e.g. 0.7)",
-                m.iou
+                "{at}.iou = {v}: must be between 0 and 1 (e.g. 0.7)"
             ));
         }
-        if m.max_detections == 0 {
+        if m.max_detections == Some(0) {
             p(format!("{at}.max_detections = 0: must be at least 1"));
+        }
+        for (label, v) in &m.class_confidence {
+            if !(0.0..=1.0).contains(v) {
+                p(format!(
+                    "{at}.class_confidence.{label} = {v}: must be between 0 and 1"
+                ));
+            }
+        }
+        if let Some(d) = &m.decoder
+            && vigil_inference::DecoderKind::parse(d).is_none()
+        {
+            let all: Vec<&str> = vigil_inference::DecoderKind::ALL
+                .iter()
+                .map(|d| d.as_str())
+                .collect();
+            p(format!(
+                "{at}.decoder = {d:?}: unknown decoder; use one of {}",
+                all.join(", ")
+            ));
         }
     }
 
@@ -563,7 +611,8 @@ mod tests {
         assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("127.0.0.1", 1884));
         assert_eq!(c.config.mqtt.topic_prefix, "vigil");
         assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.config.models[0].iou, 0.7);
+        assert_eq!(c.config.models[0].iou, None);
+        assert_eq!(c.config.models[0].confidence, Some(0.5));
         assert!(c.config.models[0].path.is_absolute() || c.config.models[0].path.starts_with(".."));
         assert_eq!(c.sources.len(), 1);
     }

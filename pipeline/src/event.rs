@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use vigil_inference::{Detection, ModelInfo, Timings};
+use vigil_inference::{ModelInfo, Prediction, Timings};
 
 /// Version of the event JSON layout. Bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,7 +25,7 @@ pub struct DetectionsEvent {
     pub width: u32,
     pub height: u32,
     pub model: Arc<ModelInfo>,
-    pub detections: Vec<Detection>,
+    pub prediction: Prediction,
     pub timings: Timings,
 }
 
@@ -44,7 +44,27 @@ struct DetectionsJson<'a> {
     frame: FrameJson,
     model: ModelJson<'a>,
     detections: Vec<DetectionJson<'a>>,
+    /// Classifiers: top classes, best first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<ClassJson<'a>>,
+    /// Anomaly models: the verdict (regions are in `detections`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anomaly: Option<AnomalyJson>,
     timings_ms: TimingsJson,
+}
+
+#[derive(Serialize)]
+struct ClassJson<'a> {
+    label: &'a str,
+    class_id: u32,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct AnomalyJson {
+    verdict: &'static str,
+    score: f32,
+    threshold: f32,
 }
 
 #[derive(Serialize)]
@@ -132,6 +152,7 @@ impl DetectionsEvent {
                 sha256: &self.model.sha256,
             },
             detections: self
+                .prediction
                 .detections
                 .iter()
                 .map(|d| {
@@ -150,6 +171,21 @@ impl DetectionsEvent {
                     }
                 })
                 .collect(),
+            classes: self
+                .prediction
+                .classes
+                .iter()
+                .map(|c| ClassJson {
+                    label: &c.label,
+                    class_id: c.class_id,
+                    score: round4(c.score),
+                })
+                .collect(),
+            anomaly: self.prediction.anomaly.map(|a| AnomalyJson {
+                verdict: if a.is_anomalous { "NG" } else { "OK" },
+                score: a.score,
+                threshold: a.threshold,
+            }),
             timings_ms: TimingsJson {
                 preprocess: ms(self.timings.preprocess),
                 inference: ms(self.timings.run),

@@ -40,8 +40,7 @@ pub fn check_deep(loaded: &LoadedConfig) -> Vec<String> {
         return problems;
     }
     for (i, m) in loaded.config.models.iter().enumerate() {
-        let options = vigil_inference::ModelOptions::default();
-        if let Err(e) = vigil_inference::Detector::load(&m.name, &m.path, options) {
+        if let Err(e) = vigil_inference::Detector::load(&m.name, &m.path, m.options()) {
             problems.push(format!("models[{i}] ({}): {e}", m.name));
         }
     }

@@ -1,0 +1,250 @@
+//! Output decoders: raw output tensors -> candidates, for each model family
+//! in docs/model-families.md. Boxes come out in input pixels or normalised
+//! coordinates (see [`Coords`]); NMS and mapping to the frame happen in
+//! `model.rs`, shared by all families.
+
+mod anomalib;
+mod classify;
+mod customvision;
+mod ssd;
+mod yolo;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use yolo::DecodeScratch;
+
+use crate::{Detection, Prediction};
+
+/// Which output layout a model has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DecoderKind {
+    /// Ultralytics YOLOv8/v9/v11/v12: `[1, 4 + C, N]`.
+    #[serde(rename = "yolov8")]
+    YoloV8,
+    /// YOLOv5 (and v7-style): `[1, N, 5 + C]` with objectness.
+    #[serde(rename = "yolov5")]
+    YoloV5,
+    /// End-to-end (YOLOv10, YOLO26, `nms=True`): `[1, K, 6]`.
+    #[serde(rename = "end2end")]
+    End2End,
+    /// TensorFlow Object Detection API: boxes, scores, classes, count.
+    #[serde(rename = "ssd")]
+    Ssd,
+    /// Image classification: `[1, C]`.
+    #[serde(rename = "classify")]
+    Classify,
+    /// anomalib: `pred_score`, `anomaly_map`, optional `pred_mask`.
+    #[serde(rename = "anomalib")]
+    Anomalib,
+    /// Azure Custom Vision compact: YOLOv2 head `[1, 5 * (5 + C), 13, 13]`.
+    #[serde(rename = "customvision")]
+    CustomVision,
+    /// Azure Custom Vision compact [S1]: `detected_boxes/scores/classes`.
+    #[serde(rename = "customvision-s1")]
+    CustomVisionS1,
+}
+
+impl DecoderKind {
+    pub const ALL: [DecoderKind; 8] = [
+        DecoderKind::YoloV8,
+        DecoderKind::YoloV5,
+        DecoderKind::End2End,
+        DecoderKind::Ssd,
+        DecoderKind::Classify,
+        DecoderKind::Anomalib,
+        DecoderKind::CustomVision,
+        DecoderKind::CustomVisionS1,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecoderKind::YoloV8 => "yolov8",
+            DecoderKind::YoloV5 => "yolov5",
+            DecoderKind::End2End => "end2end",
+            DecoderKind::Ssd => "ssd",
+            DecoderKind::Classify => "classify",
+            DecoderKind::Anomalib => "anomalib",
+            DecoderKind::CustomVision => "customvision",
+            DecoderKind::CustomVisionS1 => "customvision-s1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DecoderKind> {
+        DecoderKind::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Whether candidates go through NMS after decoding.
+    pub(crate) fn uses_nms(self) -> bool {
+        matches!(self, DecoderKind::YoloV8 | DecoderKind::YoloV5)
+    }
+
+    /// The output roles this decoder reads, in order (see [`OutputRoles`]).
+    pub(crate) fn roles(self) -> &'static [&'static str] {
+        match self {
+            DecoderKind::YoloV8
+            | DecoderKind::YoloV5
+            | DecoderKind::End2End
+            | DecoderKind::Classify
+            | DecoderKind::CustomVision => &["output"],
+            DecoderKind::Ssd => &["boxes", "scores", "classes", "count"],
+            DecoderKind::CustomVisionS1 => &["boxes", "scores", "classes"],
+            DecoderKind::Anomalib => &["pred_score", "anomaly_map", "pred_mask"],
+        }
+    }
+}
+
+impl std::fmt::Display for DecoderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// For each role of the decoder, which session output plays it (`None`: an
+/// optional role the model does not have).
+pub(crate) type OutputRoles = Vec<Option<usize>>;
+
+/// One output tensor as f32, borrowed from ONNX Runtime when it already is f32.
+#[derive(Debug)]
+pub(crate) struct OutTensor<'a> {
+    pub(crate) shape: Vec<i64>,
+    pub(crate) data: Cow<'a, [f32]>,
+}
+
+/// Thresholds and switches a decoder needs.
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeParams {
+    /// The lowest confidence any class accepts (per-class thresholds filter later).
+    pub(crate) conf: f32,
+    pub(crate) iou: f32,
+    pub(crate) max_det: usize,
+    pub(crate) class_offset: i64,
+    /// anomalib: NG above this.
+    pub(crate) threshold: f32,
+}
+
+/// What boxes are relative to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coords {
+    /// Model-input pixels.
+    Input,
+    /// 0..1 of the frame.
+    Normalised,
+    /// Already frame pixels.
+    Frame,
+}
+
+/// Runs decoder `kind` over the outputs its roles point at. Detections land
+/// in `pred.detections` in `Coords` returned.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode(
+    kind: DecoderKind,
+    outs: &[Option<OutTensor<'_>>],
+    params: &DecodeParams,
+    labels: &[Arc<str>],
+    frame: (u32, u32),
+    scratch: &mut DecodeScratch,
+    pred: &mut Prediction,
+) -> Result<Coords, String> {
+    let need = |i: usize| {
+        outs.get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("output role {i} missing"))
+    };
+    let dets = &mut pred.detections;
+    match kind {
+        DecoderKind::YoloV8 => {
+            let o = need(0)?;
+            let (rows, n) = match o.shape.as_slice() {
+                [1, r, n] => (*r as usize, *n as usize),
+                s => return Err(format!("expected [1, 4+C, N], got {s:?}")),
+            };
+            yolo::decode_yolov8(&o.data, rows - 4, n, params.conf, labels, scratch, dets);
+            Ok(Coords::Input)
+        }
+        DecoderKind::YoloV5 => {
+            let o = need(0)?;
+            let (n, cols) = match o.shape.as_slice() {
+                [1, n, c] => (*n as usize, *c as usize),
+                s => return Err(format!("expected [1, N, 5+C], got {s:?}")),
+            };
+            yolo::decode_yolov5(&o.data, n, cols - 5, params.conf, labels, dets);
+            Ok(Coords::Input)
+        }
+        DecoderKind::End2End => {
+            let o = need(0)?;
+            let k = match o.shape.as_slice() {
+                [1, k, 6] => *k as usize,
+                s => return Err(format!("expected [1, K, 6], got {s:?}")),
+            };
+            yolo::decode_end2end(&o.data, k, params, labels, dets)?;
+            Ok(Coords::Input)
+        }
+        DecoderKind::Ssd => {
+            ssd::decode_ssd(need(0)?, need(1)?, need(2)?, need(3)?, params, labels, dets)?;
+            Ok(Coords::Normalised)
+        }
+        DecoderKind::CustomVisionS1 => {
+            ssd::decode_s1(need(0)?, need(1)?, need(2)?, params, labels, dets)?;
+            Ok(Coords::Normalised)
+        }
+        DecoderKind::CustomVision => {
+            customvision::decode(need(0)?, params, labels, dets)?;
+            Ok(Coords::Normalised)
+        }
+        DecoderKind::Classify => {
+            pred.classes = classify::top_k(need(0)?, labels, 5)?;
+            Ok(Coords::Frame)
+        }
+        DecoderKind::Anomalib => {
+            let mask = outs.get(2).and_then(Option::as_ref);
+            pred.anomaly = Some(anomalib::decode(
+                need(0)?,
+                need(1)?,
+                mask,
+                params.threshold,
+                frame,
+                dets,
+            )?);
+            Ok(Coords::Frame)
+        }
+    }
+}
+
+/// Numerically stable softmax in f32: `exp(v - max) / sum`.
+pub(crate) fn softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn label(labels: &[Arc<str>], class_id: u32) -> Arc<str> {
+    labels
+        .get(class_id as usize)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(format!("class{class_id}")))
+}
+
+fn det(
+    class_id: u32,
+    labels: &[Arc<str>],
+    score: f32,
+    x1: f32,
+    y1: f32,
+    x2: f32,
+    y2: f32,
+) -> Detection {
+    Detection {
+        class_id,
+        label: label(labels, class_id),
+        score,
+        bbox: crate::BBox { x1, y1, x2, y2 },
+    }
+}

@@ -1,0 +1,452 @@
+//! Frame -> input tensor, for every input convention in docs/model-families.md.
+//!
+//! One pass: resized rows come out of the cv2-exact resizer and are written
+//! straight into the tensor in its layout and element type through a
+//! per-channel lookup table, so the float maths is the same IEEE operations
+//! numpy does (`v / 255`, then `(x - mean) / std`), bit for bit, at the cost of
+//! a table lookup per byte.
+
+use crate::ImageView;
+use crate::letterbox::{Letterbox, ResizeScratch, resize_rows};
+use crate::manifest::{ColorOrder, Layout, PixelScale, ResizeMode};
+
+/// Element type of the image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    Float32,
+    Float16,
+    Uint8,
+}
+
+/// How frames become the model's input: everything the preprocessing needs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputPlan {
+    pub name: String,
+    pub layout: Layout,
+    pub dtype: InputType,
+    /// Fixed input size; `None` for dynamic inputs fed at the frame's size.
+    pub size: Option<(u32, u32)>,
+    pub resize: ResizeMode,
+    pub color: ColorOrder,
+    pub scale: PixelScale,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub pad_value: u8,
+}
+
+/// Where the frame landed in the input: what box mapping needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Geometry {
+    Letterbox(Letterbox),
+    Stretch {
+        frame_w: u32,
+        frame_h: u32,
+        in_w: u32,
+        in_h: u32,
+    },
+    Identity {
+        frame_w: u32,
+        frame_h: u32,
+    },
+}
+
+impl Geometry {
+    pub fn input_size(&self) -> (u32, u32) {
+        match *self {
+            Geometry::Letterbox(lb) => (lb.dst_w, lb.dst_h),
+            Geometry::Stretch { in_w, in_h, .. } => (in_w, in_h),
+            Geometry::Identity { frame_w, frame_h } => (frame_w, frame_h),
+        }
+    }
+
+    pub fn frame_size(&self) -> (u32, u32) {
+        match *self {
+            Geometry::Letterbox(lb) => (lb.src_w, lb.src_h),
+            Geometry::Stretch {
+                frame_w, frame_h, ..
+            }
+            | Geometry::Identity { frame_w, frame_h } => (frame_w, frame_h),
+        }
+    }
+
+    /// A point in input pixels to frame pixels, clipped to the frame.
+    pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
+        match *self {
+            Geometry::Letterbox(lb) => lb.to_source(x, y),
+            Geometry::Stretch {
+                frame_w,
+                frame_h,
+                in_w,
+                in_h,
+            } => {
+                let fx = f64::from(x) * f64::from(frame_w) / f64::from(in_w);
+                let fy = f64::from(y) * f64::from(frame_h) / f64::from(in_h);
+                (
+                    fx.clamp(0.0, f64::from(frame_w)) as f32,
+                    fy.clamp(0.0, f64::from(frame_h)) as f32,
+                )
+            }
+            Geometry::Identity { frame_w, frame_h } => {
+                (x.clamp(0.0, frame_w as f32), y.clamp(0.0, frame_h as f32))
+            }
+        }
+    }
+
+    /// A point normalised to 0..1 of the frame, to frame pixels, clipped.
+    pub fn normalised_to_frame(&self, x: f32, y: f32) -> (f32, f32) {
+        let (w, h) = self.frame_size();
+        (
+            (x * w as f32).clamp(0.0, w as f32),
+            (y * h as f32).clamp(0.0, h as f32),
+        )
+    }
+}
+
+/// Tensor storage reused across frames; only the vector matching the input
+/// type is used.
+#[derive(Debug, Default)]
+pub(crate) struct InputBuffers {
+    pub(crate) f32: Vec<f32>,
+    pub(crate) f16: Vec<half::f16>,
+    pub(crate) u8: Vec<u8>,
+    lut: Option<(LutKey, Box<[[f32; 256]; 3]>)>,
+    pub(crate) resize: ResizeScratch,
+}
+
+type LutKey = (PixelScale, [u32; 3], [u32; 3]);
+
+impl InputPlan {
+    /// The input size for a frame of `frame_w x frame_h`.
+    pub fn input_size_for(&self, frame_w: u32, frame_h: u32) -> (u32, u32) {
+        match (self.resize, self.size) {
+            (ResizeMode::None, _) | (_, None) => (frame_w, frame_h),
+            (_, Some(s)) => s,
+        }
+    }
+
+    /// The tensor shape for one frame.
+    pub fn shape(&self, in_w: u32, in_h: u32) -> [usize; 4] {
+        let (w, h) = (in_w as usize, in_h as usize);
+        match self.layout {
+            Layout::Nchw => [1, 3, h, w],
+            Layout::Nhwc => [1, h, w, 3],
+        }
+    }
+
+    /// Writes `img` into `buf` (resized to the plan's input) and returns where it landed.
+    pub(crate) fn fill(&self, img: &ImageView<'_>, buf: &mut InputBuffers) -> Geometry {
+        let (in_w, in_h) = self.input_size_for(img.width, img.height);
+        let geometry = match self.resize {
+            _ if (in_w, in_h) == (img.width, img.height)
+                && self.resize != ResizeMode::Letterbox =>
+            {
+                Geometry::Identity {
+                    frame_w: img.width,
+                    frame_h: img.height,
+                }
+            }
+            ResizeMode::Letterbox => {
+                Geometry::Letterbox(Letterbox::new(img.width, img.height, in_w, in_h))
+            }
+            ResizeMode::Stretch => Geometry::Stretch {
+                frame_w: img.width,
+                frame_h: img.height,
+                in_w,
+                in_h,
+            },
+            ResizeMode::None => Geometry::Identity {
+                frame_w: img.width,
+                frame_h: img.height,
+            },
+        };
+        // Where the resized image sits in the canvas and how big it is.
+        let (left, top, new_w, new_h) = match geometry {
+            Geometry::Letterbox(lb) => (lb.left, lb.top, lb.new_w, lb.new_h),
+            _ => (0, 0, in_w, in_h),
+        };
+        let n = 3 * in_w as usize * in_h as usize;
+        let swap = self.color == ColorOrder::Bgr;
+        let sink = Sink {
+            layout: self.layout,
+            w: in_w as usize,
+            h: in_h as usize,
+            swap,
+        };
+        match self.dtype {
+            InputType::Uint8 => {
+                buf.u8.resize(n, 0);
+                let out = &mut buf.u8[..];
+                let px = [self.pad_value; 3];
+                sink.pad(out, left, top, new_w, new_h, px);
+                resize_rows(
+                    img,
+                    new_w as usize,
+                    new_h as usize,
+                    &mut buf.resize,
+                    |y, row| {
+                        sink.row(out, left as usize, top as usize + y, row, |_, v| v);
+                    },
+                );
+            }
+            InputType::Float32 | InputType::Float16 => {
+                let lut = self.lut(buf);
+                let pad = [0, 1, 2].map(|c| lut[c][self.pad_value as usize]);
+                buf.f32.resize(n, 0.0);
+                let out = &mut buf.f32[..];
+                sink.pad(out, left, top, new_w, new_h, pad);
+                resize_rows(
+                    img,
+                    new_w as usize,
+                    new_h as usize,
+                    &mut buf.resize,
+                    |y, row| {
+                        sink.row(out, left as usize, top as usize + y, row, |c, v| {
+                            lut[c][v as usize]
+                        });
+                    },
+                );
+                if self.dtype == InputType::Float16 {
+                    buf.f16.clear();
+                    buf.f16
+                        .extend(buf.f32.iter().map(|&v| half::f16::from_f32(v)));
+                }
+            }
+        }
+        geometry
+    }
+
+    /// Per channel, the value each byte becomes: `((v / 255) - mean) / std`
+    /// in float32, computed once per plan.
+    fn lut(&self, buf: &mut InputBuffers) -> [[f32; 256]; 3] {
+        let key: LutKey = (
+            self.scale,
+            self.mean.map(f32::to_bits),
+            self.std.map(f32::to_bits),
+        );
+        if buf.lut.as_ref().map(|(k, _)| *k) != Some(key) {
+            let identity = self.mean == [0.0; 3] && self.std == [1.0; 3];
+            let mut t = Box::new([[0f32; 256]; 3]);
+            for (c, table) in t.iter_mut().enumerate() {
+                for (v, out) in table.iter_mut().enumerate() {
+                    let x = match self.scale {
+                        PixelScale::Unit => v as f32 / 255.0,
+                        PixelScale::Raw => v as f32,
+                    };
+                    *out = if identity {
+                        x
+                    } else {
+                        (x - self.mean[c]) / self.std[c]
+                    };
+                }
+            }
+            buf.lut = Some((key, t));
+        }
+        *buf.lut
+            .as_ref()
+            .map(|(_, t)| t)
+            .expect("set above")
+            .as_ref()
+    }
+}
+
+/// Writes pixels into a tensor of layout `layout`.
+struct Sink {
+    layout: Layout,
+    w: usize,
+    h: usize,
+    swap: bool,
+}
+
+impl Sink {
+    #[inline]
+    fn channel(&self, c: usize) -> usize {
+        if self.swap { 2 - c } else { c }
+    }
+
+    /// Fills everything outside the `new_w x new_h` image at (left, top).
+    fn pad<T: Copy>(&self, out: &mut [T], left: u32, top: u32, new_w: u32, new_h: u32, px: [T; 3]) {
+        let (left, top, nw, nh) = (left as usize, top as usize, new_w as usize, new_h as usize);
+        if nw == self.w && nh == self.h {
+            return;
+        }
+        let plane = self.w * self.h;
+        for y in 0..self.h {
+            let inside_rows = y >= top && y < top + nh;
+            for x in 0..self.w {
+                if inside_rows && x >= left && x < left + nw {
+                    continue;
+                }
+                for (c, &v) in px.iter().enumerate() {
+                    let ch = self.channel(c);
+                    match self.layout {
+                        Layout::Nchw => out[ch * plane + y * self.w + x] = v,
+                        Layout::Nhwc => out[(y * self.w + x) * 3 + ch] = v,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one packed RGB row at (left, y), converting each byte with `f`.
+    #[inline]
+    fn row<T: Copy>(
+        &self,
+        out: &mut [T],
+        left: usize,
+        y: usize,
+        row: &[u8],
+        f: impl Fn(usize, u8) -> T,
+    ) {
+        let n = row.len() / 3;
+        match self.layout {
+            Layout::Nchw => {
+                let plane = self.w * self.h;
+                let at = y * self.w + left;
+                for c in 0..3 {
+                    let ch = self.channel(c);
+                    let dst = &mut out[ch * plane + at..ch * plane + at + n];
+                    for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
+                        *d = f(c, px[c]);
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                let at = (y * self.w + left) * 3;
+                let dst = &mut out[at..at + n * 3];
+                for (d, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+                    for c in 0..3 {
+                        d[self.channel(c)] = f(c, px[c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(layout: Layout, dtype: InputType, resize: ResizeMode, color: ColorOrder) -> InputPlan {
+        InputPlan {
+            name: "x".into(),
+            layout,
+            dtype,
+            size: Some((4, 4)),
+            resize,
+            color,
+            scale: PixelScale::Unit,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            pad_value: 114,
+        }
+    }
+
+    /// A 4x2 image whose pixel (x, y) is (10x + y, 100 + x, 200 + y).
+    fn image() -> Vec<u8> {
+        let mut v = Vec::new();
+        for y in 0..2u8 {
+            for x in 0..4u8 {
+                v.extend_from_slice(&[10 * x + y, 100 + x, 200 + y]);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn letterboxes_into_nchw_and_nhwc_alike() {
+        let data = image();
+        let img = ImageView::new(&data, 4, 2, 12).expect("view");
+        let mut a = InputBuffers::default();
+        let mut b = InputBuffers::default();
+        plan(
+            Layout::Nchw,
+            InputType::Uint8,
+            ResizeMode::Letterbox,
+            ColorOrder::Rgb,
+        )
+        .fill(&img, &mut a);
+        plan(
+            Layout::Nhwc,
+            InputType::Uint8,
+            ResizeMode::Letterbox,
+            ColorOrder::Rgb,
+        )
+        .fill(&img, &mut b);
+        // Rows 0 and 3 are padding, rows 1-2 hold the image.
+        for y in 0..4 {
+            for x in 0..4 {
+                for c in 0..3 {
+                    let nchw = a.u8[c * 16 + y * 4 + x];
+                    let nhwc = b.u8[(y * 4 + x) * 3 + c];
+                    assert_eq!(nchw, nhwc);
+                    let want = if y == 0 || y == 3 {
+                        114
+                    } else {
+                        data[((y - 1) * 4 + x) * 3 + c]
+                    };
+                    assert_eq!(nchw, want, "({x},{y}) channel {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn swaps_to_bgr_and_normalises_with_mean_and_std() {
+        let data = image();
+        let img = ImageView::new(&data, 4, 2, 12).expect("view");
+        let mut p = plan(
+            Layout::Nchw,
+            InputType::Float32,
+            ResizeMode::Stretch,
+            ColorOrder::Bgr,
+        );
+        p.size = Some((4, 2));
+        p.mean = [0.485, 0.456, 0.406];
+        p.std = [0.229, 0.224, 0.225];
+        let mut buf = InputBuffers::default();
+        let g = p.fill(&img, &mut buf);
+        assert!(matches!(g, Geometry::Identity { .. }));
+        // Tensor channel 0 is blue (frame channel 2), normalised with the blue mean/std.
+        let v = 200u8;
+        let want = (v as f32 / 255.0 - 0.406) / 0.225;
+        assert_eq!(buf.f32[0], want);
+        let want_r = (0f32 / 255.0 - 0.485) / 0.229;
+        assert_eq!(buf.f32[2 * 8], want_r);
+    }
+
+    #[test]
+    fn converts_to_float16() {
+        let data = vec![255u8; 4 * 2 * 3];
+        let img = ImageView::new(&data, 4, 2, 12).expect("view");
+        let mut buf = InputBuffers::default();
+        plan(
+            Layout::Nchw,
+            InputType::Float16,
+            ResizeMode::Letterbox,
+            ColorOrder::Rgb,
+        )
+        .fill(&img, &mut buf);
+        assert_eq!(buf.f16.len(), 48);
+        assert_eq!(buf.f16[4 + 1].to_f32(), 1.0);
+        assert_eq!(buf.f16[0], half::f16::from_f32(114.0 / 255.0));
+    }
+
+    #[test]
+    fn maps_points_back_for_each_geometry() {
+        let g = Geometry::Stretch {
+            frame_w: 1000,
+            frame_h: 500,
+            in_w: 100,
+            in_h: 100,
+        };
+        assert_eq!(g.to_frame(50.0, 50.0), (500.0, 250.0));
+        assert_eq!(g.to_frame(200.0, -3.0), (1000.0, 0.0));
+        let g = Geometry::Identity {
+            frame_w: 10,
+            frame_h: 10,
+        };
+        assert_eq!(g.normalised_to_frame(0.5, 1.2), (5.0, 10.0));
+    }
+}
