@@ -3,6 +3,9 @@
 //! ```text
 //! vigil run   --config vigil.toml   # run cameras, models, MQTT and the web page
 //! vigil check --config vigil.toml   # validate config, load models, build pipelines; exit non-zero on problems
+//! vigil models inspect M.onnx       # what a model is and how Vigil would run it
+//! vigil infer --model M.onnx INPUT  # run a model on images, a directory, a video or a camera
+//! vigil bench --model M.onnx        # preprocess / session.run / post-process timings
 //! ```
 //! Logs go to stderr (`RUST_LOG=debug` for more); the few lines a person needs
 //! (where the web page is, how to watch events) go to stdout.
@@ -14,6 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
+mod infer;
+mod inspect;
 use vigil_pipeline::{Appliance, LoadedConfig};
 
 #[derive(Parser)]
@@ -41,6 +48,22 @@ enum Command {
         #[arg(long, short, default_value = "vigil.toml")]
         config: PathBuf,
     },
+    /// Run a model on images, a directory of images, a video or a camera.
+    Infer(infer::InferArgs),
+    /// Time preprocessing, session.run and post-processing for a model.
+    Bench(bench::BenchArgs),
+    /// Work with model files.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Print a model's inputs, outputs, metadata and the decoder Vigil picks
+    /// (or why it cannot pick one; exit status 2 then).
+    Inspect(inspect::InspectArgs),
 }
 
 /// Exit status for a config that fails validation (distinct from runtime failures).
@@ -58,6 +81,26 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Infer(args) => report(infer::run(&args)),
+        Command::Bench(args) => report(bench::run(&args)),
+        Command::Models {
+            command: ModelsCommand::Inspect(args),
+        } => match inspect::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_CONFIG),
+            Err(e) => report(Err(e)),
+        },
+    }
+}
+
+/// One line on stderr for a failed tool command.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -20,11 +20,13 @@
 
 mod error;
 mod frame;
+mod reader;
 mod source;
 mod supervisor;
 
 pub use error::CameraError;
 pub use frame::{Frame, FrameSlot};
+pub use reader::FrameReader;
 pub use source::Source;
 pub use supervisor::{Camera, CameraOptions, CameraState, CameraStats, CameraStatus, validate};
 

@@ -365,6 +365,40 @@ impl Detector {
         ))
     }
 
+    /// `session.run` alone, `n` times, on `img` preprocessed once: the
+    /// baseline `vigil bench` compares the whole path against.
+    pub fn bare_runs(
+        &self,
+        img: &ImageView<'_>,
+        scratch: &mut Scratch,
+        n: usize,
+    ) -> Result<Vec<Duration>, InferenceError> {
+        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
+        let plan = &self.info.plan;
+        let geometry = plan.input.fill(img, &mut scratch.input);
+        let (in_w, in_h) = geometry.input_size();
+        let shape = plan.input.shape(in_w, in_h);
+        let buf = &scratch.input;
+        let name = plan.input.name.as_str();
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let outputs = match plan.input.dtype {
+                InputType::Float32 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?]),
+                InputType::Float16 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?]),
+                InputType::Uint8 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?]),
+            }
+            .map_err(run_err)?;
+            drop(outputs);
+            times.push(t.elapsed());
+        }
+        Ok(times)
+    }
+
     /// Shared by every family: per-class thresholds, NMS where the family
     /// needs it, and boxes into frame pixels.
     fn finish(&self, pred: &mut Prediction, coords: Coords, geometry: &Geometry) {
