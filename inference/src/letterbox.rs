@@ -91,6 +91,8 @@ pub(crate) struct ResizeScratch {
     row_ids: [Option<usize>; 2],
     out_row: Vec<u8>,
     plan: Option<(u32, u32, usize, usize)>,
+    /// Every horizontal weight pair is (2048, 0): columns are pure picks.
+    x_is_pick: bool,
 }
 
 /// Resizes packed RGB like `cv2.resize(src, (dst_w, dst_h), interpolation=cv2.INTER_LINEAR)`,
@@ -143,13 +145,25 @@ pub(crate) fn resize_rows(
     plan_horizontal(scratch, src.width, src.height, dst_w, dst_h);
     scratch.row_ids = [None, None];
     let scale_y = sh as f64 / dst_h as f64;
+    if scratch.x_is_pick
+        && (0..dst_h).all(|dy| vertical_coefs(dy, scale_y).1 == [COEF_SCALE as i32, 0])
+    {
+        // Every weight is (2048, 0) on both axes (e.g. an exact 3x downscale,
+        // 1920x1080 -> 640x360): OpenCV's arithmetic then returns the source
+        // byte unchanged, ((((v * 2048) >> 4) * 2048) >> 16 + 2) >> 2 == v,
+        // so picking the pixel is the same result without the integer passes.
+        for dy in 0..dst_h {
+            let (sy, _) = vertical_coefs(dy, scale_y);
+            let row = src.row(sy.clamp(0, sh as isize - 1) as usize);
+            for (o, &sx) in scratch.out_row.chunks_exact_mut(3).zip(&scratch.xofs) {
+                o.copy_from_slice(&row[sx * 3..sx * 3 + 3]);
+            }
+            emit(dy, &scratch.out_row);
+        }
+        return;
+    }
     for dy in 0..dst_h {
-        let fy_full = ((dy as f64 + 0.5) * scale_y - 0.5) as f32;
-        let sy = fy_full.floor();
-        let fy = fy_full - sy;
-        let sy = sy as isize;
-        let b0 = round_coef(1.0 - fy);
-        let b1 = round_coef(fy);
+        let (sy, [b0, b1]) = vertical_coefs(dy, scale_y);
         let r0 = sy.clamp(0, sh as isize - 1) as usize;
         let r1 = (sy + 1).clamp(0, sh as isize - 1) as usize;
         let (i0, i1) = horizontal_rows(scratch, src, r0, r1);
@@ -163,6 +177,15 @@ pub(crate) fn resize_rows(
         }
         emit(dy, out);
     }
+}
+
+/// Source row and fixed-point weights of output row `dy` (no clamping: rows
+/// outside the image are clamped when read, weights stay as computed).
+fn vertical_coefs(dy: usize, scale_y: f64) -> (isize, [i32; 2]) {
+    let fy_full = ((dy as f64 + 0.5) * scale_y - 0.5) as f32;
+    let sy = fy_full.floor();
+    let fy = fy_full - sy;
+    (sy as isize, [round_coef(1.0 - fy), round_coef(fy)])
 }
 
 /// `saturate_cast<short>(v * INTER_RESIZE_COEF_SCALE)`: float32 product,
@@ -199,6 +222,7 @@ fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, 
     for r in &mut s.rows {
         r.resize(dst_w * 3, 0);
     }
+    s.x_is_pick = s.alpha.iter().all(|a| *a == [COEF_SCALE as i32, 0]);
     s.plan = Some(key);
 }
 
@@ -228,21 +252,28 @@ fn horizontal_rows(
     (i0, i1)
 }
 
+/// Horizontal pass for one source row: `out[dx*3 + c] = S[sx*3 + c] * a0 + S[sx*3 + 3 + c] * a1`.
+/// Output columns whose left neighbour is the last source pixel take it with
+/// weight 1 (OpenCV's `xmax` split), so the main loop has no branch.
 fn hresize(row: &[u8], xofs: &[usize], alpha: &[[i32; 2]], out: &mut [i32]) {
     let last = row.len() / 3 - 1;
-    for (dx, (&sx, a)) in xofs.iter().zip(alpha).enumerate() {
-        let p0 = &row[sx * 3..sx * 3 + 3];
-        let o = &mut out[dx * 3..dx * 3 + 3];
-        if sx >= last {
-            for c in 0..3 {
-                o[c] = i32::from(p0[c]) * COEF_SCALE as i32;
-            }
-        } else {
-            let p1 = &row[sx * 3 + 3..sx * 3 + 6];
-            for c in 0..3 {
-                o[c] = i32::from(p0[c]) * a[0] + i32::from(p1[c]) * a[1];
-            }
-        }
+    // xofs is non-decreasing: every column from `split` on sits on the last pixel.
+    let split = xofs.partition_point(|&sx| sx < last);
+    for ((o, &sx), a) in out
+        .chunks_exact_mut(3)
+        .zip(&xofs[..split])
+        .zip(&alpha[..split])
+    {
+        let p = &row[sx * 3..sx * 3 + 6];
+        o[0] = i32::from(p[0]) * a[0] + i32::from(p[3]) * a[1];
+        o[1] = i32::from(p[1]) * a[0] + i32::from(p[4]) * a[1];
+        o[2] = i32::from(p[2]) * a[0] + i32::from(p[5]) * a[1];
+    }
+    let p = &row[last * 3..last * 3 + 3];
+    for o in out[split * 3..].chunks_exact_mut(3) {
+        o[0] = i32::from(p[0]) * COEF_SCALE as i32;
+        o[1] = i32::from(p[1]) * COEF_SCALE as i32;
+        o[2] = i32::from(p[2]) * COEF_SCALE as i32;
     }
 }
 

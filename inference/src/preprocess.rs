@@ -1,10 +1,9 @@
 //! Frame -> input tensor, for every input convention in docs/model-families.md.
 //!
 //! One pass: resized rows come out of the cv2-exact resizer and are written
-//! straight into the tensor in its layout and element type through a
-//! per-channel lookup table, so the float maths is the same IEEE operations
-//! numpy does (`v / 255`, then `(x - mean) / std`), bit for bit, at the cost of
-//! a table lookup per byte.
+//! straight into the tensor in its layout and element type, with the same
+//! IEEE float operations numpy does (`v / 255`, then `(x - mean) / std`), so
+//! the tensor matches the reference bit for bit.
 
 use crate::ImageView;
 use crate::letterbox::{Letterbox, ResizeScratch, resize_rows};
@@ -110,11 +109,8 @@ pub(crate) struct InputBuffers {
     pub(crate) f32: Vec<f32>,
     pub(crate) f16: Vec<half::f16>,
     pub(crate) u8: Vec<u8>,
-    lut: Option<(LutKey, Box<[[f32; 256]; 3]>)>,
     pub(crate) resize: ResizeScratch,
 }
-
-type LutKey = (PixelScale, [u32; 3], [u32; 3]);
 
 impl InputPlan {
     /// The input size for a frame of `frame_w x frame_h`.
@@ -190,8 +186,8 @@ impl InputPlan {
                 );
             }
             InputType::Float32 | InputType::Float16 => {
-                let lut = self.lut(buf);
-                let pad = [0, 1, 2].map(|c| lut[c][self.pad_value as usize]);
+                let norm = self.normaliser();
+                let pad = [0, 1, 2].map(|c| norm.apply(c, self.pad_value));
                 buf.f32.resize(n, 0.0);
                 let out = &mut buf.f32[..];
                 sink.pad(out, left, top, new_w, new_h, pad);
@@ -202,7 +198,7 @@ impl InputPlan {
                     &mut buf.resize,
                     |y, row| {
                         sink.row(out, left as usize, top as usize + y, row, |c, v| {
-                            lut[c][v as usize]
+                            norm.apply(c, v)
                         });
                     },
                 );
@@ -216,37 +212,39 @@ impl InputPlan {
         geometry
     }
 
-    /// Per channel, the value each byte becomes: `((v / 255) - mean) / std`
-    /// in float32, computed once per plan.
-    fn lut(&self, buf: &mut InputBuffers) -> [[f32; 256]; 3] {
-        let key: LutKey = (
-            self.scale,
-            self.mean.map(f32::to_bits),
-            self.std.map(f32::to_bits),
-        );
-        if buf.lut.as_ref().map(|(k, _)| *k) != Some(key) {
-            let identity = self.mean == [0.0; 3] && self.std == [1.0; 3];
-            let mut t = Box::new([[0f32; 256]; 3]);
-            for (c, table) in t.iter_mut().enumerate() {
-                for (v, out) in table.iter_mut().enumerate() {
-                    let x = match self.scale {
-                        PixelScale::Unit => v as f32 / 255.0,
-                        PixelScale::Raw => v as f32,
-                    };
-                    *out = if identity {
-                        x
-                    } else {
-                        (x - self.mean[c]) / self.std[c]
-                    };
-                }
-            }
-            buf.lut = Some((key, t));
+    fn normaliser(&self) -> Normaliser {
+        Normaliser {
+            divisor: match self.scale {
+                PixelScale::Unit => 255.0,
+                PixelScale::Raw => 1.0,
+            },
+            mean: self.mean,
+            std: self.std,
+            identity: self.mean == [0.0; 3] && self.std == [1.0; 3],
         }
-        *buf.lut
-            .as_ref()
-            .map(|(_, t)| t)
-            .expect("set above")
-            .as_ref()
+    }
+}
+
+/// `((v / 255) - mean) / std` in float32: the same IEEE operations numpy
+/// performs, so the tensor matches the reference bit for bit. Plain arithmetic
+/// rather than a lookup table: it vectorises, a table gather does not.
+#[derive(Debug, Clone, Copy)]
+struct Normaliser {
+    divisor: f32,
+    mean: [f32; 3],
+    std: [f32; 3],
+    identity: bool,
+}
+
+impl Normaliser {
+    #[inline(always)]
+    fn apply(&self, c: usize, v: u8) -> f32 {
+        let x = f32::from(v) / self.divisor;
+        if self.identity {
+            x
+        } else {
+            (x - self.mean[c]) / self.std[c]
+        }
     }
 }
 
@@ -264,25 +262,43 @@ impl Sink {
         if self.swap { 2 - c } else { c }
     }
 
-    /// Fills everything outside the `new_w x new_h` image at (left, top).
+    /// Fills everything outside the `new_w x new_h` image at (left, top):
+    /// whole rows above and below, and the two side strips of the rows between.
     fn pad<T: Copy>(&self, out: &mut [T], left: u32, top: u32, new_w: u32, new_h: u32, px: [T; 3]) {
         let (left, top, nw, nh) = (left as usize, top as usize, new_w as usize, new_h as usize);
         if nw == self.w && nh == self.h {
             return;
         }
-        let plane = self.w * self.h;
-        for y in 0..self.h {
-            let inside_rows = y >= top && y < top + nh;
-            for x in 0..self.w {
-                if inside_rows && x >= left && x < left + nw {
-                    continue;
-                }
+        let (w, h) = (self.w, self.h);
+        let right = left + nw;
+        match self.layout {
+            Layout::Nchw => {
+                let plane = w * h;
                 for (c, &v) in px.iter().enumerate() {
-                    let ch = self.channel(c);
-                    match self.layout {
-                        Layout::Nchw => out[ch * plane + y * self.w + x] = v,
-                        Layout::Nhwc => out[(y * self.w + x) * 3 + ch] = v,
+                    let p = &mut out[self.channel(c) * plane..(self.channel(c) + 1) * plane];
+                    p[..top * w].fill(v);
+                    p[(top + nh) * w..].fill(v);
+                    for y in top..top + nh {
+                        p[y * w..y * w + left].fill(v);
+                        p[y * w + right..(y + 1) * w].fill(v);
                     }
+                }
+            }
+            Layout::Nhwc => {
+                let mut pixel = px;
+                if self.swap {
+                    pixel.reverse();
+                }
+                let mut fill = |from: usize, to: usize| {
+                    for d in out[from * 3..to * 3].chunks_exact_mut(3) {
+                        d.copy_from_slice(&pixel);
+                    }
+                };
+                fill(0, top * w);
+                fill((top + nh) * w, h * w);
+                for y in top..top + nh {
+                    fill(y * w, y * w + left);
+                    fill(y * w + right, (y + 1) * w);
                 }
             }
         }
