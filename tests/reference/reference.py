@@ -123,10 +123,10 @@ def choose_decoder(outputs, meta):
         _, a, b = shape
         if a >= 5 and b > a:          # [1, 4 + C, N], C >= 1, N > 4 + C
             return "yolov8"
-        if b >= 6 and a > b:          # [1, N, 5 + C], C >= 1, N > 5 + C
+        if b > 6 and a > b:           # [1, N, 5 + C], C >= 2, N > 5 + C
             return "yolov5"
-        if b == 6 and a <= 1000:      # [1, K, 6], K <= 1000, nothing else fitted
-            return "end2end"
+        if b == 6 and a <= 1000:      # [1, K, 6], K <= 1000: end-to-end rows (a
+            return "end2end"          # one-class YOLOv5 head needs a manifest)
     if len(shape) == 2 and shape[0] == 1 and shape[1] is not None:
         return "classify"
     raise Refused(f"no decoder fits the output {outputs[0][0]} {shape} (metadata task={task!r}, end2end={end2end})")
