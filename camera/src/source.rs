@@ -183,10 +183,10 @@ impl Source {
                 let uri = Url::from_file_path(path)
                     .map(String::from)
                     .unwrap_or_default();
-                format!("uridecodebin uri=\"{uri}\" expose-all-streams=false caps=video/x-raw")
+                format!("uridecodebin uri=\"{uri}\" expose-all-streams=false")
             }
             Source::Rtsp { url } | Source::Http { url } => {
-                format!("uridecodebin uri=\"{url}\" expose-all-streams=false caps=video/x-raw")
+                format!("uridecodebin uri=\"{url}\" expose-all-streams=false")
             }
             Source::V4l2 { device } => {
                 format!("v4l2src device=\"{}\" ! decodebin", device.display())
