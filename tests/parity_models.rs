@@ -228,6 +228,11 @@ fn yolov8_at_other_thresholds_matches_the_reference() {
 }
 
 #[test]
+fn a_float16_input_matches_the_reference() {
+    parity("models/fixtures/yolov8_fp16.onnx", "yolov8", &[]);
+}
+
+#[test]
 fn yolov5_matches_the_reference() {
     parity("models/fixtures/yolov5.onnx", "yolov5", &[]);
 }
