@@ -53,10 +53,7 @@ fn stat(mut v: Vec<Duration>) -> Stat {
     v.sort();
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let p99 = v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1];
-    Stat {
-        p50_ms: ms(v[v.len() / 2]),
-        p99_ms: ms(p99),
-    }
+    Stat { p50_ms: ms(v[v.len() / 2]), p99_ms: ms(p99) }
 }
 
 /// A deterministic test card: smooth gradients with fine noise, so resizing
@@ -114,11 +111,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             overhead_percent: (overhead * 100.0).round() / 100.0,
         });
     }
-    let threads = if args.threads == 0 {
-        "ONNX Runtime default".to_string()
-    } else {
-        args.threads.to_string()
-    };
+    let threads =
+        if args.threads == 0 { "ONNX Runtime default".to_string() } else { args.threads.to_string() };
     if args.json {
         let j = serde_json::json!({
             "model": args.model,
@@ -132,10 +126,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    let size = info
-        .input_size()
-        .map(|(w, h)| format!("{w}x{h}"))
-        .unwrap_or_else(|| "dynamic".into());
+    let size = info.input_size().map(|(w, h)| format!("{w}x{h}")).unwrap_or_else(|| "dynamic".into());
     println!(
         "model {} ({}, input {size}, {}, threads: {threads}, {iterations} runs per case)",
         args.model.display(),

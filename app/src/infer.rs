@@ -95,61 +95,50 @@ pub(crate) fn run(args: &InferArgs) -> anyhow::Result<()> {
     options.overrides.confidence = args.conf;
     options.overrides.iou = args.iou;
     if let Some(d) = &args.decoder {
-        options.overrides.decoder = Some(
-            vigil_inference::DecoderKind::parse(d)
-                .with_context(|| format!("unknown decoder {d:?}"))?,
-        );
+        options.overrides.decoder =
+            Some(vigil_inference::DecoderKind::parse(d).with_context(|| format!("unknown decoder {d:?}"))?);
     }
-    let name = args
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let detector = Detector::load(&name, &args.model, options)?;
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
     let mut scratch = Scratch::default();
     let stdout = std::io::stdout();
-    let mut emit = |label: &str,
-                    frame: Option<u64>,
-                    view: &ImageView<'_>,
-                    pred: &Prediction|
-     -> anyhow::Result<()> {
-        if args.json {
-            let line = to_json(label, frame, view, pred, detector.info().decoder().as_str());
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-        }
-        if let Some(dir) = &args.out {
-            let rgb = annotate::draw(view.data, view.width, view.height, view.stride, pred);
-            let jpeg = annotate::encode_jpeg(&rgb, view.width, view.height, 90)
-                .map_err(anyhow::Error::msg)?;
-            let stem = Path::new(label)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let file = match frame {
-                Some(n) => dir.join(format!("{stem}_{n:06}.jpg")),
-                None => dir.join(format!("{stem}.jpg")),
-            };
-            std::fs::write(&file, jpeg)
-                .with_context(|| format!("cannot write {}", file.display()))?;
-        }
-        if !args.json && args.out.is_none() {
-            eprintln!(
-                "{label}{}: {}",
-                frame.map(|f| format!(" frame {f}")).unwrap_or_default(),
-                summary(pred)
-            );
-        }
-        Ok(())
-    };
+    let mut emit =
+        |label: &str, frame: Option<u64>, view: &ImageView<'_>, pred: &Prediction| -> anyhow::Result<()> {
+            if args.json {
+                let line = to_json(label, frame, view, pred, detector.info().decoder().as_str());
+                let mut out = stdout.lock();
+                writeln!(out, "{line}")?;
+            }
+            if let Some(dir) = &args.out {
+                let rgb = annotate::draw(view.data, view.width, view.height, view.stride, pred);
+                let jpeg =
+                    annotate::encode_jpeg(&rgb, view.width, view.height, 90).map_err(anyhow::Error::msg)?;
+                let stem = Path::new(label)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let file = match frame {
+                    Some(n) => dir.join(format!("{stem}_{n:06}.jpg")),
+                    None => dir.join(format!("{stem}.jpg")),
+                };
+                std::fs::write(&file, jpeg).with_context(|| format!("cannot write {}", file.display()))?;
+            }
+            if !args.json && args.out.is_none() {
+                eprintln!(
+                    "{label}{}: {}",
+                    frame.map(|f| format!(" frame {f}")).unwrap_or_default(),
+                    summary(pred)
+                );
+            }
+            Ok(())
+        };
 
     let input = args.input.as_str();
     let path = Path::new(input);
-    let is_uri =
-        input.contains("://") || input.starts_with("launch:") || input.starts_with("file:");
+    let is_uri = input.contains("://") || input.starts_with("launch:") || input.starts_with("file:");
     if !is_uri && path.is_dir() {
         let mut images: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("cannot list {input}"))?
@@ -177,9 +166,7 @@ pub(crate) fn run(args: &InferArgs) -> anyhow::Result<()> {
     let source = if is_uri {
         Source::parse(input, &std::env::current_dir()?)?
     } else {
-        Source::File {
-            path: std::fs::canonicalize(path)?,
-        }
+        Source::File { path: std::fs::canonicalize(path)? }
     };
     let mut reader = FrameReader::open("infer", &source)?;
     let bar = progress(args.frames.or(reader.estimated_frames()).unwrap_or(0));
@@ -208,11 +195,7 @@ fn is_image(p: &Path) -> bool {
 
 fn progress(len: u64) -> indicatif::ProgressBar {
     // Drawn on stderr only when it is a terminal: JSON on stdout stays clean.
-    let bar = if len > 0 {
-        indicatif::ProgressBar::new(len)
-    } else {
-        indicatif::ProgressBar::new_spinner()
-    };
+    let bar = if len > 0 { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::new_spinner() };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {pos}/{len} [{elapsed_precise} < {eta}] {per_sec}",
@@ -228,9 +211,7 @@ fn infer_image(
     scratch: &mut Scratch,
     emit: &mut impl FnMut(&str, Option<u64>, &ImageView<'_>, &Prediction) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let img = image::open(path)
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .into_rgb8();
+    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.into_rgb8();
     let (w, h) = img.dimensions();
     let view = ImageView::new(img.as_raw(), w, h, w as usize * 3).context("empty image")?;
     let (pred, _) = detector.detect(&view, scratch)?;
@@ -263,27 +244,17 @@ fn to_json(
         classes: pred
             .classes
             .iter()
-            .map(|c| ClassJson {
-                label: &c.label,
-                class_id: c.class_id,
-                score: c.score,
-            })
+            .map(|c| ClassJson { label: &c.label, class_id: c.class_id, score: c.score })
             .collect(),
-        verdict: pred
-            .anomaly
-            .map(|a| if a.is_anomalous { "NG" } else { "OK" }),
+        verdict: pred.anomaly.map(|a| if a.is_anomalous { "NG" } else { "OK" }),
         anomaly_score: pred.anomaly.map(|a| a.score),
     };
     serde_json::to_string(&j).unwrap_or_default()
 }
 
 fn summary(pred: &Prediction) -> String {
-    let mut parts: Vec<String> = pred
-        .detections
-        .iter()
-        .take(8)
-        .map(|d| format!("{} {:.2}", d.label, d.score))
-        .collect();
+    let mut parts: Vec<String> =
+        pred.detections.iter().take(8).map(|d| format!("{} {:.2}", d.label, d.score)).collect();
     if pred.detections.len() > 8 {
         parts.push(format!("… {} in all", pred.detections.len()));
     }
@@ -291,18 +262,7 @@ fn summary(pred: &Prediction) -> String {
         parts.insert(0, format!("class {} {:.3}", c.label, c.score));
     }
     if let Some(a) = pred.anomaly {
-        parts.insert(
-            0,
-            format!(
-                "{} (score {:.3})",
-                if a.is_anomalous { "NG" } else { "OK" },
-                a.score
-            ),
-        );
+        parts.insert(0, format!("{} (score {:.3})", if a.is_anomalous { "NG" } else { "OK" }, a.score));
     }
-    if parts.is_empty() {
-        "nothing found".into()
-    } else {
-        parts.join(", ")
-    }
+    if parts.is_empty() { "nothing found".into() } else { parts.join(", ") }
 }

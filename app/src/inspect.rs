@@ -19,10 +19,7 @@ pub(crate) struct InspectArgs {
 /// Exit code 0 when a decoder fits, 2 when none does.
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     let (bytes, _session, facts) = read_facts(&args.model)?;
-    let sha = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let sha = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
     let plan = plan(&facts, &Overrides::default());
     if args.json {
         let j = serde_json::json!({
@@ -40,14 +37,7 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
         return Ok(plan.is_ok());
     }
     let row = |k: &str, v: &str| println!("{k:<11}{v}");
-    row(
-        "model",
-        &format!(
-            "{} ({:.1} KB, sha256 {sha})",
-            args.model.display(),
-            bytes.len() as f64 / 1024.0
-        ),
-    );
+    row("model", &format!("{} ({:.1} KB, sha256 {sha})", args.model.display(), bytes.len() as f64 / 1024.0));
     for i in &facts.inputs {
         row("input", &i.to_string());
     }
@@ -67,28 +57,17 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     }
     match &facts.manifest {
         Some((p, _)) => row("manifest", &p.display().to_string()),
-        None => row(
-            "manifest",
-            &format!("none (would be {})", manifest_path(&args.model).display()),
-        ),
+        None => row("manifest", &format!("none (would be {})", manifest_path(&args.model).display())),
     }
     match plan {
         Ok(p) => {
             row("decoder", &format!("{} ({})", p.decoder, p.decoder_reason));
             for (role, out) in &p.outputs {
-                row(
-                    "  reads",
-                    &format!(
-                        "{role} <- {}",
-                        out.as_deref().unwrap_or("(absent, optional)")
-                    ),
-                );
+                row("  reads", &format!("{role} <- {}", out.as_deref().unwrap_or("(absent, optional)")));
             }
             let i = &p.input;
-            let size = i
-                .size
-                .map(|(w, h)| format!("{w}x{h}"))
-                .unwrap_or_else(|| "frame size (dynamic)".into());
+            let size =
+                i.size.map(|(w, h)| format!("{w}x{h}")).unwrap_or_else(|| "frame size (dynamic)".into());
             row(
                 "preprocess",
                 &format!(
@@ -105,12 +84,7 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
             };
             row(
                 "labels",
-                &format!(
-                    "{} from {}: {}{more}",
-                    p.labels.len(),
-                    p.labels_source,
-                    shown.join(", ")
-                ),
+                &format!("{} from {}: {}{more}", p.labels.len(), p.labels_source, shown.join(", ")),
             );
             let t = &p.thresholds;
             row(
@@ -120,11 +94,7 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
                     t.confidence,
                     t.iou,
                     t.max_detections,
-                    if t.class_agnostic {
-                        ", class-agnostic NMS"
-                    } else {
-                        ""
-                    },
+                    if t.class_agnostic { ", class-agnostic NMS" } else { "" },
                     if p.decoder == DecoderKind::Anomalib {
                         format!(", anomaly threshold {}", t.anomaly_threshold)
                     } else {

@@ -73,8 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -83,9 +82,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Infer(args) => report(infer::run(&args)),
         Command::Bench(args) => report(bench::run(&args)),
-        Command::Models {
-            command: ModelsCommand::Inspect(args),
-        } => match inspect::run(&args) {
+        Command::Models { command: ModelsCommand::Inspect(args) } => match inspect::run(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(EXIT_CONFIG),
             Err(e) => report(Err(e)),
@@ -140,17 +137,14 @@ fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vigil-rt")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vigil: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("vigil-rt").build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("vigil: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(serve(loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -163,29 +157,16 @@ fn run(file: &Path) -> ExitCode {
 async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     vigil_camera::init()?;
     // Bind first: a port clash is reported before cameras and models start.
-    let listener = tokio::net::TcpListener::bind(loaded.listen)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} (http.listen): {e}; pick another port",
-                loaded.listen
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(loaded.listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {} (http.listen): {e}; pick another port", loaded.listen)
+    })?;
     let addr = listener.local_addr()?;
     let app = Appliance::start(&loaded)?;
 
-    let shown: SocketAddr = if addr.ip().is_unspecified() {
-        ([127, 0, 0, 1], addr.port()).into()
-    } else {
-        addr
-    };
+    let shown: SocketAddr =
+        if addr.ip().is_unspecified() { ([127, 0, 0, 1], addr.port()).into() } else { addr };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "vigil {} running as device {:?}",
-        env!("CARGO_PKG_VERSION"),
-        app.device()
-    );
+    let _ = writeln!(out, "vigil {} running as device {:?}", env!("CARGO_PKG_VERSION"), app.device());
     let _ = writeln!(out, "  web page: http://{shown}/");
     let _ = writeln!(
         out,
@@ -198,9 +179,7 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     drop(out);
 
     let router = vigil_api::router(app.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down");
     app.shutdown(Duration::from_secs(5)).await;
     Ok(())

@@ -3,9 +3,7 @@ use thiserror::Error;
 /// Errors from parsing a camera source or running its pipeline.
 #[derive(Debug, Error)]
 pub enum CameraError {
-    #[error(
-        "GStreamer failed to initialise: {0}; install the GStreamer runtime (deploy/bootstrap.sh)"
-    )]
+    #[error("GStreamer failed to initialise: {0}; install the GStreamer runtime (deploy/bootstrap.sh)")]
     GstInit(String),
 
     #[error("{0}")]

@@ -23,7 +23,10 @@ struct FrameInner {
     width: u32,
     height: u32,
     stride: usize,
-    pixels: Pixels,
+    /// Byte offset of the first pixel: non-zero for a cropped view.
+    offset: usize,
+    /// Shared by a frame and its crops: cropping never copies pixels.
+    pixels: Arc<Pixels>,
 }
 
 enum Pixels {
@@ -54,18 +57,15 @@ impl Frame {
                 width,
                 height,
                 stride,
-                pixels: Pixels::Gst(buffer),
+                offset: 0,
+                pixels: Arc::new(Pixels::Gst(buffer)),
             }),
         }
     }
 
     /// A frame from packed RGB bytes, for tools (`vigil infer` on images) and tests.
     pub fn from_rgb(camera: &str, seq: u64, width: u32, height: u32, rgb: Vec<u8>) -> Frame {
-        assert_eq!(
-            rgb.len(),
-            width as usize * height as usize * 3,
-            "packed RGB size"
-        );
+        assert_eq!(rgb.len(), width as usize * height as usize * 3, "packed RGB size");
         Frame {
             inner: Arc::new(FrameInner {
                 camera: camera.into(),
@@ -76,7 +76,8 @@ impl Frame {
                 width,
                 height,
                 stride: width as usize * 3,
-                pixels: Pixels::Owned(rgb),
+                offset: 0,
+                pixels: Arc::new(Pixels::Owned(rgb)),
             }),
         }
     }
@@ -110,10 +111,37 @@ impl Frame {
     pub fn stride(&self) -> usize {
         self.inner.stride
     }
+    /// The pixels: `height` rows of `stride` bytes (the last row may end at
+    /// `width * 3`), starting at the frame's first pixel.
     pub fn data(&self) -> &[u8] {
-        match &self.inner.pixels {
+        let all: &[u8] = match &*self.inner.pixels {
             Pixels::Gst(b) => b.as_slice(),
             Pixels::Owned(v) => v,
+        };
+        &all[self.inner.offset..]
+    }
+
+    /// A view of the rectangle `x, y, w, h` (pixels, clamped to the frame)
+    /// over the same buffer: no pixel is copied.
+    pub fn crop(&self, x: u32, y: u32, w: u32, h: u32) -> Frame {
+        let i = &self.inner;
+        let x = x.min(i.width.saturating_sub(1));
+        let y = y.min(i.height.saturating_sub(1));
+        let w = w.clamp(1, i.width - x);
+        let h = h.clamp(1, i.height - y);
+        Frame {
+            inner: Arc::new(FrameInner {
+                camera: i.camera.clone(),
+                seq: i.seq,
+                captured_at: i.captured_at,
+                captured_instant: i.captured_instant,
+                pts: i.pts,
+                width: w,
+                height: h,
+                stride: i.stride,
+                offset: i.offset + y as usize * i.stride + x as usize * 3,
+                pixels: i.pixels.clone(),
+            }),
         }
     }
 }
@@ -224,6 +252,25 @@ mod tests {
         let got = slot.take_timeout(Duration::from_secs(10)).map(|f| f.seq());
         producer.join().expect("producer thread");
         assert_eq!(got, Some(7));
+    }
+
+    #[test]
+    fn a_crop_is_a_view_of_the_same_pixels() {
+        // 4x3 frame; pixel (x, y) has red = 10 * y + x.
+        let mut rgb = Vec::new();
+        for y in 0..3u8 {
+            for x in 0..4u8 {
+                rgb.extend_from_slice(&[10 * y + x, 0, 0]);
+            }
+        }
+        let f = Frame::from_rgb("c", 0, 4, 3, rgb);
+        let c = f.crop(1, 1, 2, 2);
+        assert_eq!((c.width(), c.height(), c.stride()), (2, 2, 12));
+        let px = |fr: &Frame, x: usize, y: usize| fr.data()[y * fr.stride() + x * 3];
+        assert_eq!([px(&c, 0, 0), px(&c, 1, 0), px(&c, 0, 1), px(&c, 1, 1)], [11, 12, 21, 22]);
+        assert_eq!(c.data().as_ptr(), f.data()[12 + 3..].as_ptr(), "same memory");
+        let clamped = f.crop(3, 2, 10, 10);
+        assert_eq!((clamped.width(), clamped.height()), (1, 1));
     }
 
     #[test]

@@ -27,8 +27,11 @@ mod supervisor;
 pub use error::CameraError;
 pub use frame::{Frame, FrameSlot};
 pub use reader::FrameReader;
-pub use source::Source;
-pub use supervisor::{Camera, CameraOptions, CameraState, CameraStats, CameraStatus, validate};
+pub use source::{Source, V4l2Mode, redact};
+pub use supervisor::{
+    Camera, CameraOptions, CameraState, CameraStats, CameraStatus, Flip, RtspTransport, validate,
+    validate_with,
+};
 
 /// Initialises GStreamer once per process. Safe to call repeatedly.
 pub fn init() -> Result<(), CameraError> {

@@ -29,7 +29,7 @@ impl FrameReader {
         source.check_exists()?;
         let launch = format!(
             "{} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=4 drop=false sync=false",
-            source.launch_head()
+            source.launch_head(&crate::CameraOptions::default())
         );
         let pipeline = gst::parse::launch(&launch)
             .map_err(|e| CameraError::Pipeline(e.to_string()))?
@@ -40,22 +40,16 @@ impl FrameReader {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| CameraError::Pipeline("appsink missing".into()))?;
         pipeline.set_state(gst::State::Playing).map_err(|e| {
-            let detail = pipeline
-                .bus()
-                .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
-                .and_then(|m| match m.view() {
+            let detail =
+                pipeline.bus().and_then(|b| b.pop_filtered(&[gst::MessageType::Error])).and_then(|m| match m
+                    .view()
+                {
                     gst::MessageView::Error(err) => Some(err.error().to_string()),
                     _ => None,
                 });
             CameraError::Pipeline(detail.unwrap_or_else(|| e.to_string()))
         })?;
-        Ok(FrameReader {
-            pipeline,
-            sink,
-            name: name.into(),
-            seq: 0,
-            source: source.clone(),
-        })
+        Ok(FrameReader { pipeline, sink, name: name.into(), seq: 0, source: source.clone() })
     }
 
     /// The next frame; `None` at the end of the stream. Fails when the
@@ -67,17 +61,10 @@ impl FrameReader {
                 && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
                 && let gst::MessageView::Error(err) = msg.view()
             {
-                return Err(CameraError::Pipeline(format!(
-                    "{}: {}",
-                    self.source,
-                    err.error()
-                )));
+                return Err(CameraError::Pipeline(format!("{}: {}", self.source, err.error())));
             }
-            if let Some(sample) = self
-                .sink
-                .try_pull_sample(gst::ClockTime::from_mseconds(100))
-            {
-                return self.to_frame(&sample).map(Some);
+            if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+                return self.frame_from(&sample).map(Some);
             }
             if self.sink.is_eos() {
                 return Ok(None);
@@ -91,15 +78,13 @@ impl FrameReader {
         }
     }
 
-    fn to_frame(&mut self, sample: &gst::Sample) -> Result<Frame, CameraError> {
+    fn frame_from(&mut self, sample: &gst::Sample) -> Result<Frame, CameraError> {
         let bad = |what: &str| CameraError::Pipeline(format!("bad sample: {what}"));
         let caps = sample.caps().ok_or_else(|| bad("no caps"))?;
         let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| bad("caps are not video"))?;
         let buffer = sample.buffer_owned().ok_or_else(|| bad("no buffer"))?;
         let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-        let mapped = buffer
-            .into_mapped_buffer_readable()
-            .map_err(|_| bad("cannot map"))?;
+        let mapped = buffer.into_mapped_buffer_readable().map_err(|_| bad("cannot map"))?;
         let seq = self.seq;
         self.seq += 1;
         Ok(Frame::from_gst(
@@ -126,8 +111,8 @@ impl FrameReader {
             return None;
         }
         Some(
-            (duration.nseconds() as u128 * fps.numer() as u128
-                / (fps.denom() as u128 * 1_000_000_000)) as u64,
+            (duration.nseconds() as u128 * fps.numer() as u128 / (fps.denom() as u128 * 1_000_000_000))
+                as u64,
         )
     }
 }

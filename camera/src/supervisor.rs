@@ -15,8 +15,28 @@ use crate::{CameraError, Frame, FrameSlot, Source};
 #[derive(Debug, Clone)]
 pub struct CameraOptions {
     /// Upper bound on frames per second handed to inference; extra frames are
-    /// dropped right after decode, before colour conversion costs anything.
+    /// dropped right after decode, before rotation, scaling and colour
+    /// conversion cost anything (compressed frames still have to be decoded).
     pub fps: Option<u32>,
+    /// Frame size for inference, scaled by GStreamer; one of the two keeps
+    /// the aspect ratio.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Region of interest `[x, y, w, h]`, fractions of the (rotated, scaled)
+    /// frame. Applied as a view: no pixel is copied.
+    pub crop: Option<[f32; 4]>,
+    /// Clockwise rotation in degrees: 0, 90, 180 or 270.
+    pub rotate: u16,
+    pub flip: Flip,
+    pub rtsp_transport: RtspTransport,
+    /// RTSP jitter buffer in milliseconds: lower is fresher, higher rides out
+    /// network hiccups.
+    pub latency_ms: u32,
+    /// Files start over at the end instead of ending the camera.
+    pub loop_file: bool,
+    /// Files play at their own frame rate, like a camera; off: as fast as
+    /// they decode (frames the model cannot keep up with are dropped).
+    pub realtime: bool,
     /// No frame for this long while streaming: the camera counts as stalled
     /// and its pipeline is rebuilt.
     pub stall_timeout: Duration,
@@ -24,17 +44,49 @@ pub struct CameraOptions {
     pub start_timeout: Duration,
     /// First wait before a reconnect; doubles on each failure up to `backoff_max`.
     pub backoff_initial: Duration,
+    /// Longest wait between attempts: how soon after a camera comes back it
+    /// streams again, at worst.
     pub backoff_max: Duration,
+}
+
+/// Mirroring, applied after rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flip {
+    #[default]
+    None,
+    Horizontal,
+    Vertical,
+}
+
+/// How RTSP media reaches Vigil.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// TCP first (works through NAT and firewalls), then UDP.
+    #[default]
+    Auto,
+    Tcp,
+    Udp,
 }
 
 impl Default for CameraOptions {
     fn default() -> Self {
         CameraOptions {
             fps: None,
+            width: None,
+            height: None,
+            crop: None,
+            rotate: 0,
+            flip: Flip::None,
+            rtsp_transport: RtspTransport::Auto,
+            latency_ms: 200,
+            loop_file: true,
+            realtime: true,
             stall_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(20),
             backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(4),
         }
     }
 }
@@ -53,6 +105,8 @@ pub enum CameraState {
     /// A configuration problem that retrying cannot fix (e.g. a launch string
     /// that does not parse). Reported, never retried.
     Failed,
+    /// A file that reached its end with looping off.
+    Ended,
     /// Shut down on request.
     Stopped,
 }
@@ -65,6 +119,7 @@ impl CameraState {
             CameraState::Stalled => "stalled",
             CameraState::Reconnecting => "reconnecting",
             CameraState::Failed => "failed",
+            CameraState::Ended => "ended",
             CameraState::Stopped => "stopped",
         }
     }
@@ -75,6 +130,8 @@ impl CameraState {
 #[derive(Debug)]
 pub struct CameraStats {
     frames_received: AtomicU64,
+    /// Frames `videorate` dropped to honour the camera's fps limit.
+    frames_dropped_rate: AtomicU64,
     reconnects: AtomicU64,
     /// Nanoseconds after `epoch` of the newest frame; 0 = none yet.
     last_frame_ns: AtomicU64,
@@ -90,8 +147,11 @@ pub struct CameraStatus {
     pub last_error: Option<String>,
     pub last_frame_age: Option<Duration>,
     pub frames_received: u64,
-    /// Frames the consumer never took because a newer one replaced them.
+    /// Frames the consumer never took because a newer one replaced them
+    /// (inference busy).
     pub frames_dropped: u64,
+    /// Frames dropped on purpose to keep to the camera's fps limit.
+    pub frames_dropped_rate: u64,
     pub reconnects: u64,
     pub frame_size: Option<(u32, u32)>,
 }
@@ -100,6 +160,7 @@ impl CameraStats {
     fn new() -> CameraStats {
         CameraStats {
             frames_received: AtomicU64::new(0),
+            frames_dropped_rate: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             last_frame_ns: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -171,23 +232,13 @@ impl StopSignal {
 impl Camera {
     /// Starts the camera in the background and returns at once: a slow or
     /// dead camera never delays startup of anything else.
-    pub fn start(
-        name: &str,
-        source: Source,
-        options: CameraOptions,
-        slot: Arc<FrameSlot>,
-    ) -> Camera {
+    pub fn start(name: &str, source: Source, options: CameraOptions, slot: Arc<FrameSlot>) -> Camera {
         let name: Arc<str> = name.into();
         let stats = Arc::new(CameraStats::new());
         let stop = Arc::new(StopSignal::default());
         let thread = {
-            let (name, source, stats, slot, stop) = (
-                name.clone(),
-                source.clone(),
-                stats.clone(),
-                slot.clone(),
-                stop.clone(),
-            );
+            let (name, source, stats, slot, stop) =
+                (name.clone(), source.clone(), stats.clone(), slot.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("cam-{name}"))
                 .spawn(move || {
@@ -197,14 +248,7 @@ impl Camera {
                 })
                 .expect("spawning a camera thread")
         };
-        Camera {
-            name,
-            source,
-            stats,
-            slot,
-            stop,
-            thread: Some(thread),
-        }
+        Camera { name, source, stats, slot, stop, thread: Some(thread) }
     }
 
     pub fn name(&self) -> &str {
@@ -227,6 +271,7 @@ impl Camera {
             last_frame_age: self.stats.last_frame_at().map(|t| t.elapsed()),
             frames_received: self.stats.frames_received.load(Ordering::Relaxed),
             frames_dropped: self.slot.dropped(),
+            frames_dropped_rate: self.stats.frames_dropped_rate.load(Ordering::Relaxed),
             reconnects: self.stats.reconnects.load(Ordering::Relaxed),
             frame_size: *self.stats.frame_size.lock(),
         }
@@ -256,6 +301,8 @@ enum RunEnd {
     Retry(String),
     /// Retrying cannot help.
     Fatal(String),
+    /// A file ended and is not to be looped.
+    Ended,
 }
 
 fn supervise(
@@ -274,6 +321,12 @@ fn supervise(
         let end = run_pipeline(name, source, options, stats, slot, stop, &mut seq);
         match end {
             RunEnd::Stopped => break,
+            RunEnd::Ended => {
+                tracing::info!("file ended (loop = false)");
+                stats.set_state(CameraState::Ended);
+                while !stop.sleep(Duration::from_secs(3600)) {}
+                break;
+            }
             RunEnd::Fatal(error) => {
                 tracing::error!(%error, "camera failed; fix its configuration");
                 stats.set_error(CameraState::Failed, error);
@@ -308,32 +361,64 @@ fn supervise(
 
 /// +-20 % so that many cameras behind one failed switch do not reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
     d.mul_f64(factor)
 }
 
-fn launch_string(source: &Source, options: &CameraOptions) -> String {
-    let rate = match options.fps {
-        Some(fps) => format!(" ! videorate drop-only=true max-rate={fps}"),
-        None => String::new(),
+/// `<source> ! videorate ! videoflip ! videoscale ! videoconvert ! RGB ! appsink`:
+/// the cheap steps first, the per-pixel ones on as few frames and pixels as
+/// possible; the appsink keeps one buffer and drops the rest (newest wins).
+pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String {
+    let mut tail = String::new();
+    if let Some(fps) = options.fps {
+        tail += &format!(" ! videorate name=vigil_rate drop-only=true max-rate={fps}");
+    }
+    let rotate = match options.rotate {
+        90 => Some("clockwise"),
+        180 => Some("rotate-180"),
+        270 => Some("counterclockwise"),
+        _ => None,
     };
-    let sync = source.is_file();
+    if let Some(m) = rotate {
+        tail += &format!(" ! videoflip method={m}");
+    }
+    match options.flip {
+        Flip::Horizontal => tail += " ! videoflip method=horizontal-flip",
+        Flip::Vertical => tail += " ! videoflip method=vertical-flip",
+        Flip::None => {}
+    }
+    if options.width.is_some() || options.height.is_some() {
+        let mut caps = String::from("video/x-raw");
+        if let Some(w) = options.width {
+            caps += &format!(",width={w}");
+        }
+        if let Some(h) = options.height {
+            caps += &format!(",height={h}");
+        }
+        // add-borders=false: scale to the size asked, never letterbox here
+        // (the model's own preprocessing decides that).
+        tail += &format!(" ! videoscale add-borders=false ! {caps},pixel-aspect-ratio=1/1");
+    }
+    let sync = source.is_file() && options.realtime;
     format!(
-        "{head}{rate} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop=true sync={sync} emit-signals=false",
-        head = source.launch_head(),
+        "{head}{tail} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop=true sync={sync} emit-signals=false",
+        head = source.launch_head(options),
     )
 }
 
 /// Builds the pipeline without starting it: used by `vigil check` to find
 /// launch strings that do not parse and elements that are not installed.
 pub fn validate(source: &Source) -> Result<(), CameraError> {
+    validate_with(source, &CameraOptions::default())
+}
+
+/// [`validate`] with the camera's own options (rotation, scaling, ...).
+pub fn validate_with(source: &Source, options: &CameraOptions) -> Result<(), CameraError> {
     crate::init()?;
     source.check_exists()?;
-    let pipeline = gst::parse::launch(&launch_string(source, &CameraOptions::default()))
+    let pipeline = gst::parse::launch(&launch_string(source, options))
         .map_err(|e| CameraError::Pipeline(e.to_string()))?;
     let _ = pipeline.set_state(gst::State::Null);
     Ok(())
@@ -359,17 +444,15 @@ fn run_pipeline(
     let Some(pipeline) = pipeline.downcast_ref::<gst::Pipeline>().cloned() else {
         return RunEnd::Fatal("the launch string did not produce a pipeline".into());
     };
-    let Some(sink) = pipeline
-        .by_name("vigil_sink")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+    let Some(sink) = pipeline.by_name("vigil_sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok())
     else {
         return RunEnd::Fatal("internal: appsink missing from the pipeline".into());
     };
 
     let next_seq = Arc::new(AtomicU64::new(*seq));
     {
-        let (name, stats, slot, next_seq) =
-            (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
+        let (name, stats, slot, next_seq) = (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
+        let crop = options.crop;
         // Caps rarely change; remember the parsed video info for the last caps seen.
         let info_cache: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
         sink.set_callbacks(
@@ -391,9 +474,7 @@ fn run_pipeline(
                     };
                     let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
                     let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-                    let mapped = buffer
-                        .into_mapped_buffer_readable()
-                        .map_err(|_| gst::FlowError::Error)?;
+                    let mapped = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
                     let now = Instant::now();
                     let frame = Frame::from_gst(
                         name.clone(),
@@ -406,12 +487,20 @@ fn run_pipeline(
                         info.stride()[0] as usize,
                         mapped,
                     );
+                    // The region of interest is a view into the same buffer.
+                    let frame = match crop {
+                        Some([x, y, w, h]) => {
+                            let (fw, fh) = (info.width() as f32, info.height() as f32);
+                            let px = |v: f32, size: f32| (v * size).round().max(0.0) as u32;
+                            frame.crop(px(x, fw), px(y, fh), px(w, fw), px(h, fh))
+                        }
+                        None => frame,
+                    };
                     stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                    stats.last_frame_ns.store(
-                        now.duration_since(stats.epoch).as_nanos().max(1) as u64,
-                        Ordering::Release,
-                    );
-                    *stats.frame_size.lock() = Some((info.width(), info.height()));
+                    stats
+                        .last_frame_ns
+                        .store(now.duration_since(stats.epoch).as_nanos().max(1) as u64, Ordering::Release);
+                    *stats.frame_size.lock() = Some((frame.width(), frame.height()));
                     slot.put(frame);
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -447,9 +536,16 @@ fn watch(
     }
     let started = Instant::now();
     let first_seq = next_seq.load(Ordering::Relaxed);
+    // videorate counts its drops per pipeline; keep a running total across rebuilds.
+    let rate = pipeline.by_name("vigil_rate");
+    let dropped_before = stats.frames_dropped_rate.load(Ordering::Relaxed);
     loop {
         if stop.is_set() {
             return RunEnd::Stopped;
+        }
+        if let Some(r) = &rate {
+            let now: u64 = r.property("drop");
+            stats.frames_dropped_rate.store(dropped_before + now, Ordering::Relaxed);
         }
         if let Some(msg) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(100),
@@ -457,14 +553,18 @@ fn watch(
         ) {
             match msg.view() {
                 gst::MessageView::Error(err) => return RunEnd::Retry(describe_error(err, source)),
-                gst::MessageView::Eos(_) => {
-                    let what = if source.is_file() {
-                        "end of file; playing it again"
-                    } else {
-                        "the stream ended"
-                    };
-                    return RunEnd::Retry(what.into());
+                gst::MessageView::Eos(_) if source.is_file() && options.loop_file => {
+                    // Start over in place: no teardown, no reconnect counted.
+                    if pipeline
+                        .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+                        .is_err()
+                    {
+                        return RunEnd::Retry("end of file, and seeking back to the start failed".into());
+                    }
+                    tracing::debug!("end of file; playing it again");
                 }
+                gst::MessageView::Eos(_) if source.is_file() => return RunEnd::Ended,
+                gst::MessageView::Eos(_) => return RunEnd::Retry("the stream ended".into()),
                 _ => {}
             }
         }
@@ -482,10 +582,7 @@ fn watch(
             stats.set_state(CameraState::Streaming);
             tracing::info!("camera streaming");
         }
-        let age = stats
-            .last_frame_at()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
+        let age = stats.last_frame_at().map(|t| t.elapsed()).unwrap_or_default();
         if age > options.stall_timeout {
             let error = format!("no frame for {:.1} s (stall timeout)", age.as_secs_f64());
             stats.set_error(CameraState::Stalled, error.clone());

@@ -23,13 +23,7 @@ pub fn class_colour(class_id: u32) -> [u8; 3] {
 /// Copies a strided RGB frame into a packed buffer and draws each detection
 /// (a 3 px box and a filled label tab with "label 0.93"), and for classifiers
 /// and anomaly models a banner with the top class or the verdict.
-pub fn draw(
-    data: &[u8],
-    width: u32,
-    height: u32,
-    stride: usize,
-    prediction: &Prediction,
-) -> Vec<u8> {
+pub fn draw(data: &[u8], width: u32, height: u32, stride: usize, prediction: &Prediction) -> Vec<u8> {
     let (w, h) = (width as usize, height as usize);
     let mut img = Vec::with_capacity(w * h * 3);
     for y in 0..h {
@@ -38,14 +32,9 @@ pub fn draw(
     let mut canvas = Canvas { px: &mut img, w, h };
     let scale = if h >= 720 { 2 } else { 1 };
     let banner = match (prediction.classes.first(), prediction.anomaly) {
-        (_, Some(a)) => Some((
-            format!(
-                "{} {:.3}",
-                if a.is_anomalous { "NG" } else { "OK" },
-                a.score
-            ),
-            a.is_anomalous,
-        )),
+        (_, Some(a)) => {
+            Some((format!("{} {:.3}", if a.is_anomalous { "NG" } else { "OK" }, a.score), a.is_anomalous))
+        }
         (Some(c), None) => Some((format!("{} {:.2}", c.label, c.score), false)),
         _ => None,
     };
@@ -65,11 +54,7 @@ pub fn draw(
         }
         let text = format!("{} {:.2}", d.label, d.score);
         let (tw, th) = (text.chars().count() as i64 * 8 * scale + 4, 8 * scale + 4);
-        let ty = if y1 - 3 - th >= 0 {
-            y1 - 3 - th
-        } else {
-            y1 + 3
-        };
+        let ty = if y1 - 3 - th >= 0 { y1 - 3 - th } else { y1 + 3 };
         // Keep the tab inside the frame so the label stays readable at the edges.
         let tx = (x1 - 2).min(w as i64 - tw).max(0);
         canvas.fill(tx, ty, tx + tw, ty + th, c);
@@ -127,11 +112,7 @@ impl Canvas<'_> {
     fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: [u8; 3]) {
         for (i, ch) in text.chars().enumerate() {
             // ASCII glyphs; anything else draws as '?'.
-            let code = if ch.is_ascii() {
-                ch as usize
-            } else {
-                '?' as usize
-            };
+            let code = if ch.is_ascii() { ch as usize } else { '?' as usize };
             let glyph = font8x8::legacy::BASIC_LEGACY[code];
             for (gy, row) in glyph.iter().enumerate() {
                 for gx in 0..8 {
@@ -163,17 +144,9 @@ mod tests {
             class_id: 0,
             label: "ball".into(),
             score: 0.9,
-            bbox: BBox {
-                x1: 20.0,
-                y1: 20.0,
-                x2: 40.0,
-                y2: 40.0,
-            },
+            bbox: BBox { x1: 20.0, y1: 20.0, x2: 40.0, y2: 40.0 },
         };
-        let pred = Prediction {
-            detections: vec![det],
-            ..Prediction::default()
-        };
+        let pred = Prediction { detections: vec![det], ..Prediction::default() };
         let img = draw(&frame, w, h, stride, &pred);
         assert_eq!(img.len(), (w * h * 3) as usize);
         let at = |x: usize, y: usize| &img[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3];

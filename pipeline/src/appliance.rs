@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use vigil_camera::{Camera, CameraOptions, Frame, FrameSlot};
+use vigil_camera::{Camera, Frame, FrameSlot};
 use vigil_inference::{Detector, ImageView, ModelInfo, Prediction, Scratch, runtime};
 
 use crate::config::LoadedConfig;
@@ -36,14 +36,17 @@ const EVENT_QUEUE: usize = 256;
 pub struct Processed {
     pub frame: Frame,
     pub prediction: Prediction,
-    pub model: Arc<ModelInfo>,
+    /// `None` for cameras that are only watched.
+    pub model: Option<Arc<ModelInfo>>,
 }
 
 #[derive(Debug)]
 struct CameraRuntime {
     name: String,
-    model: String,
+    model: Option<String>,
     camera: Mutex<Option<Camera>>,
+    /// Set when the source could not even be parsed: the camera never starts.
+    failed: Option<String>,
     slot: Arc<FrameSlot>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
@@ -91,14 +94,17 @@ pub struct TopicsJson {
 pub struct CameraHealth {
     pub name: String,
     pub source: String,
-    pub model: String,
+    pub model: Option<String>,
+    /// `starting`, `streaming`, `stalled`, `reconnecting`, `failed`, `ended` or `stopped`.
     pub state: &'static str,
     pub last_error: Option<String>,
     pub last_frame_age_ms: Option<u64>,
     pub frames_received: u64,
     pub frames_processed: u64,
-    /// Frames replaced by a newer one before inference took them.
-    pub frames_dropped: u64,
+    /// Frames replaced by a newer one before inference took them (inference busy).
+    pub frames_dropped_busy: u64,
+    /// Frames dropped on purpose to keep to the camera's `fps`.
+    pub frames_dropped_rate: u64,
     pub inference_errors: u64,
     pub reconnects: u64,
     pub width: Option<u32>,
@@ -137,11 +143,8 @@ impl Appliance {
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
         for m in &cfg.models {
-            let det =
-                Detector::load(&m.name, &m.path, m.options()).map_err(|e| StartError::Model {
-                    name: m.name.clone(),
-                    error: e,
-                })?;
+            let det = Detector::load(&m.name, &m.path, m.options())
+                .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
             tracing::info!(
                 model = %m.name,
                 sha256 = %det.info().sha256,
@@ -159,11 +162,7 @@ impl Appliance {
         let publisher = mqtt::spawn(
             PublisherSettings {
                 target: loaded.mqtt.clone(),
-                client_id: cfg
-                    .mqtt
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| format!("vigil-{}", cfg.device_id)),
+                client_id: cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", cfg.device_id)),
                 keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_s),
                 device: cfg.device_id.clone(),
                 topics: topics.clone(),
@@ -174,14 +173,20 @@ impl Appliance {
 
         let mut cameras = Vec::new();
         for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
-            let detector = models[&c.model].clone();
+            let detector = c.model.as_ref().map(|m| models[m].clone());
             let slot = FrameSlot::new();
-            let options = CameraOptions {
-                fps: c.fps,
-                stall_timeout: Duration::from_secs_f64(c.stall_timeout_s),
-                ..CameraOptions::default()
+            let (camera, failed, source) = match source {
+                Ok(source) => (
+                    Some(Camera::start(&c.name, source.clone(), c.options(), slot.clone())),
+                    None,
+                    source.to_string(),
+                ),
+                Err(e) => {
+                    tracing::error!(camera = %c.name, error = %e, "camera not started: its source is invalid");
+                    slot.close();
+                    (None, Some(e.clone()), vigil_camera::redact(&c.source))
+                }
             };
-            let camera = Camera::start(&c.name, source.clone(), options, slot.clone());
             let latest = Arc::new(Mutex::new(None));
             let processed = Arc::new(AtomicU64::new(0));
             let inference_errors = Arc::new(AtomicU64::new(0));
@@ -197,13 +202,14 @@ impl Appliance {
             cameras.push(CameraRuntime {
                 name: c.name.clone(),
                 model: c.model.clone(),
-                camera: Mutex::new(Some(camera)),
+                camera: Mutex::new(camera),
+                failed,
                 slot,
                 latest,
                 processed,
                 inference_errors,
                 worker: Mutex::new(Some(worker)),
-                source: source.to_string(),
+                source,
             });
         }
         // Only the workers hold senders now: when they all stop, the publisher
@@ -241,17 +247,20 @@ impl Appliance {
             .iter()
             .map(|c| {
                 let status = c.camera.lock().as_ref().map(Camera::status);
-                let (state, last_error, age, received, reconnects, size) = match status {
-                    Some(s) => (
-                        s.state.as_str(),
-                        s.last_error,
-                        s.last_frame_age.map(|a| a.as_millis() as u64),
-                        s.frames_received,
-                        s.reconnects,
-                        s.frame_size,
-                    ),
-                    None => ("stopped", None, None, 0, 0, None),
-                };
+                let (state, last_error, age, received, dropped_rate, reconnects, size) =
+                    match (status, &c.failed) {
+                        (Some(s), _) => (
+                            s.state.as_str(),
+                            s.last_error,
+                            s.last_frame_age.map(|a| a.as_millis() as u64),
+                            s.frames_received,
+                            s.frames_dropped_rate,
+                            s.reconnects,
+                            s.frame_size,
+                        ),
+                        (None, Some(e)) => ("failed", Some(e.clone()), None, 0, 0, 0, None),
+                        (None, None) => ("stopped", None, None, 0, 0, 0, None),
+                    };
                 CameraHealth {
                     name: c.name.clone(),
                     source: c.source.clone(),
@@ -261,7 +270,8 @@ impl Appliance {
                     last_frame_age_ms: age,
                     frames_received: received,
                     frames_processed: c.processed.load(Ordering::Relaxed),
-                    frames_dropped: c.slot.dropped(),
+                    frames_dropped_busy: c.slot.dropped(),
+                    frames_dropped_rate: dropped_rate,
                     inference_errors: c.inference_errors.load(Ordering::Relaxed),
                     reconnects,
                     width: size.map(|s| s.0),
@@ -270,8 +280,7 @@ impl Appliance {
             })
             .collect();
         let mqtt = self.mqtt.health();
-        let ok = cameras.iter().all(|c| c.state == "streaming")
-            && mqtt.state == mqtt::LinkState::Connected;
+        let ok = cameras.iter().all(|c| c.state == "streaming") && mqtt.state == mqtt::LinkState::Connected;
         Health {
             status: if ok { "ok" } else { "degraded" },
             device: self.device.clone(),
@@ -279,10 +288,7 @@ impl Appliance {
             uptime_s: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             onnxruntime: self.ort_library.clone(),
             mqtt,
-            topics: TopicsJson {
-                events: self.topics.events.clone(),
-                status: self.topics.status.clone(),
-            },
+            topics: TopicsJson { events: self.topics.events.clone(), status: self.topics.status.clone() },
             cameras,
             models: self
                 .model_order
@@ -310,19 +316,9 @@ impl Appliance {
             .iter()
             .find(|c| c.name == camera)
             .ok_or_else(|| SnapshotError::UnknownCamera(camera.to_owned()))?;
-        let latest = c
-            .latest
-            .lock()
-            .clone()
-            .ok_or_else(|| SnapshotError::NoFrameYet(camera.to_owned()))?;
+        let latest = c.latest.lock().clone().ok_or_else(|| SnapshotError::NoFrameYet(camera.to_owned()))?;
         let f = &latest.frame;
-        let rgb = annotate::draw(
-            f.data(),
-            f.width(),
-            f.height(),
-            f.stride(),
-            &latest.prediction,
-        );
+        let rgb = annotate::draw(f.data(), f.width(), f.height(), f.stride(), &latest.prediction);
         annotate::encode_jpeg(&rgb, f.width(), f.height(), 85).map_err(SnapshotError::Encode)
     }
 
@@ -350,10 +346,7 @@ impl Appliance {
             }
         };
         if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!(
-                deadline_s = deadline.as_secs_f64(),
-                "shutdown deadline passed; exiting anyway"
-            );
+            tracing::warn!(deadline_s = deadline.as_secs_f64(), "shutdown deadline passed; exiting anyway");
         }
     }
 }
@@ -362,7 +355,7 @@ impl Appliance {
 fn spawn_worker(
     camera: String,
     slot: Arc<FrameSlot>,
-    detector: Arc<Detector>,
+    detector: Option<Arc<Detector>>,
     events: mpsc::Sender<DetectionsEvent>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
@@ -382,8 +375,7 @@ fn spawn_worker(
                     }
                     continue;
                 };
-                let Some(view) =
-                    ImageView::new(frame.data(), frame.width(), frame.height(), frame.stride())
+                let Some(view) = ImageView::new(frame.data(), frame.width(), frame.height(), frame.stride())
                 else {
                     errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -391,6 +383,13 @@ fn spawn_worker(
                         height = frame.height(),
                         "frame buffer smaller than its size says; skipped"
                     );
+                    continue;
+                };
+                let Some(detector) = &detector else {
+                    // A camera that is only watched: keep its newest frame for snapshots.
+                    processed.fetch_add(1, Ordering::Relaxed);
+                    *latest.lock() =
+                        Some(Arc::new(Processed { frame, prediction: Prediction::default(), model: None }));
                     continue;
                 };
                 let (prediction, timings) = match detector.detect(&view, &mut scratch) {
@@ -424,20 +423,12 @@ fn spawn_worker(
                         prediction: prediction.clone(),
                         timings,
                     };
-                    *latest.lock() = Some(Arc::new(Processed {
-                        frame,
-                        prediction,
-                        model,
-                    }));
+                    *latest.lock() = Some(Arc::new(Processed { frame, prediction, model: Some(model) }));
                     if events.blocking_send(event).is_err() {
                         break;
                     }
                 } else {
-                    *latest.lock() = Some(Arc::new(Processed {
-                        frame,
-                        prediction,
-                        model,
-                    }));
+                    *latest.lock() = Some(Arc::new(Processed { frame, prediction, model: Some(model) }));
                 }
             }
         })

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vigil_camera::Source;
@@ -118,10 +119,7 @@ impl ModelConfig {
     pub fn options(&self) -> vigil_inference::ModelOptions {
         vigil_inference::ModelOptions {
             overrides: vigil_inference::Overrides {
-                decoder: self
-                    .decoder
-                    .as_deref()
-                    .and_then(vigil_inference::DecoderKind::parse),
+                decoder: self.decoder.as_deref().and_then(vigil_inference::DecoderKind::parse),
                 confidence: self.confidence,
                 iou: self.iou,
                 max_detections: self.max_detections,
@@ -148,11 +146,76 @@ pub struct CameraConfig {
     /// dropped right after decoding. Unset: every frame the source sends.
     #[serde(default)]
     pub fps: Option<u32>,
-    /// The `name` of the model this camera runs.
-    pub model: String,
+    /// The `name` of the model this camera runs. Unset: the camera is only
+    /// watched (health, snapshots), no inference.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Frame width for inference (GStreamer scales); with only one of
+    /// width/height the aspect ratio is kept.
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Region of interest `[x, y, w, h]` as fractions of the frame: only
+    /// this part is analysed and shown.
+    #[serde(default)]
+    pub crop: Option<[f32; 4]>,
+    /// Clockwise rotation in degrees: 0, 90, 180 or 270.
+    #[serde(default)]
+    pub rotate: u16,
+    /// Mirror after rotating: `none`, `horizontal` or `vertical`.
+    #[serde(default)]
+    pub flip: vigil_camera::Flip,
+    /// RTSP transport: `auto` (TCP, then UDP), `tcp` or `udp`.
+    #[serde(default)]
+    pub rtsp_transport: vigil_camera::RtspTransport,
+    /// RTSP jitter buffer in milliseconds.
+    #[serde(default = "default_latency_ms")]
+    pub latency_ms: u32,
+    /// Files: start over at the end (true) or end the camera (false).
+    #[serde(default = "yes", rename = "loop")]
+    pub loop_file: bool,
+    /// Files: play at their own frame rate (true) or as fast as they decode.
+    #[serde(default = "yes")]
+    pub realtime: bool,
     /// Seconds without a frame before the camera counts as stalled and is reconnected.
     #[serde(default = "default_stall_timeout_s")]
     pub stall_timeout_s: f64,
+    /// Longest wait between reconnect attempts, in seconds (the wait starts
+    /// at 0.5 s and doubles): how soon a camera that comes back streams again.
+    #[serde(default = "default_reconnect_max_s")]
+    pub reconnect_max_s: f64,
+}
+
+impl CameraConfig {
+    /// The options `vigil_camera` runs this camera with.
+    pub fn options(&self) -> vigil_camera::CameraOptions {
+        vigil_camera::CameraOptions {
+            fps: self.fps,
+            width: self.width,
+            height: self.height,
+            crop: self.crop,
+            rotate: self.rotate,
+            flip: self.flip,
+            rtsp_transport: self.rtsp_transport,
+            latency_ms: self.latency_ms,
+            loop_file: self.loop_file,
+            realtime: self.realtime,
+            stall_timeout: Duration::from_secs_f64(self.stall_timeout_s),
+            backoff_max: Duration::from_secs_f64(self.reconnect_max_s),
+            ..vigil_camera::CameraOptions::default()
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_latency_ms() -> u32 {
+    200
+}
+fn default_reconnect_max_s() -> f64 {
+    4.0
 }
 
 fn default_device_id() -> String {
@@ -191,9 +254,7 @@ impl Default for MqttConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-        }
+        HttpConfig { listen: default_listen() }
     }
 }
 
@@ -225,8 +286,13 @@ pub struct LoadedConfig {
     /// Directory relative paths were resolved against.
     pub base_dir: PathBuf,
     pub file: PathBuf,
-    /// Parsed sources, one per camera, in config order.
-    pub sources: Vec<Source>,
+    /// Parsed sources, one per camera, in config order. A camera whose
+    /// source cannot be parsed does not stop the others: it is reported as
+    /// failed with this error (and `vigil check` fails).
+    pub sources: Vec<Result<Source, String>>,
+    /// Problems that concern one camera's source only (unparseable, missing
+    /// file or device): errors for `vigil check`, health states at run time.
+    pub camera_problems: Vec<String>,
     /// The HTTP address to bind.
     pub listen: SocketAddr,
     pub mqtt: MqttTarget,
@@ -261,10 +327,7 @@ impl fmt::Display for MqttTarget {
 impl LoadedConfig {
     /// Reads, parses and validates a config file.
     pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
-        let fail = |p: String| ConfigError {
-            file: file.to_owned(),
-            problems: vec![p],
-        };
+        let fail = |p: String| ConfigError { file: file.to_owned(), problems: vec![p] };
         let bytes = std::fs::read(file)
             .map_err(|e| fail(format!("cannot read the config file: {}", io_reason(&e))))?;
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -274,20 +337,13 @@ impl LoadedConfig {
             ))
         })?;
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base_dir = if base_dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base_dir
-        };
+        let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
         Self::from_str(&text, file, &base_dir)
     }
 
     /// Parses and validates config text as if read from `file`.
     pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
-        let fail = |p: String| ConfigError {
-            file: file.to_owned(),
-            problems: vec![p],
-        };
+        let fail = |p: String| ConfigError { file: file.to_owned(), problems: vec![p] };
         let de = toml::Deserializer::parse(text).map_err(|e| fail(toml_problem(text, &e)))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -305,9 +361,7 @@ impl LoadedConfig {
 fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".into(),
-        std::io::ErrorKind::PermissionDenied => {
-            "permission denied (check the file's owner and mode)".into()
-        }
+        std::io::ErrorKind::PermissionDenied => "permission denied (check the file's owner and mode)".into(),
         std::io::ErrorKind::IsADirectory => "it is a directory, not a file".into(),
         _ => e.to_string(),
     }
@@ -326,10 +380,7 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
@@ -352,20 +403,13 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
     };
     let prefix = &config.mqtt.topic_prefix;
-    if prefix.is_empty()
-        || prefix.contains(['#', '+'])
-        || prefix.starts_with('/')
-        || prefix.ends_with('/')
-    {
+    if prefix.is_empty() || prefix.contains(['#', '+']) || prefix.starts_with('/') || prefix.ends_with('/') {
         p(format!(
             "mqtt.topic_prefix = {prefix:?}: must be non-empty, without `#`, `+` or a leading/trailing `/`"
         ));
     }
     if config.mqtt.keep_alive_s < 5 {
-        p(format!(
-            "mqtt.keep_alive_s = {}: use at least 5 seconds",
-            config.mqtt.keep_alive_s
-        ));
+        p(format!("mqtt.keep_alive_s = {}: use at least 5 seconds", config.mqtt.keep_alive_s));
     }
 
     // HTTP
@@ -385,124 +429,110 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
     for (i, m) in config.models.iter_mut().enumerate() {
         let at = format!("models[{i}]");
         if !is_name(&m.name) {
-            p(format!(
-                "{at}.name = {:?}: use 1-64 letters, digits, `-` or `_`",
-                m.name
-            ));
+            p(format!("{at}.name = {:?}: use 1-64 letters, digits, `-` or `_`", m.name));
         } else if !model_names.insert(m.name.clone()) {
-            p(format!(
-                "{at}.name = {:?}: another model already has this name",
-                m.name
-            ));
+            p(format!("{at}.name = {:?}: another model already has this name", m.name));
         }
         m.path = base_dir.join(&m.path);
         if !m.path.is_file() {
-            let why = if m.path.exists() {
-                "is not a file"
-            } else {
-                "does not exist"
-            };
-            p(format!(
-                "{at}.path = {:?}: {} {why}",
-                m.path.display().to_string(),
-                m.path.display()
-            ));
+            let why = if m.path.exists() { "is not a file" } else { "does not exist" };
+            p(format!("{at}.path = {:?}: {} {why}", m.path.display().to_string(), m.path.display()));
         }
         if let Some(c) = m.confidence.filter(|c| !(0.0..=1.0).contains(c)) {
-            p(format!(
-                "{at}.confidence = {c}: must be between 0 and 1 (e.g. 0.25)"
-            ));
+            p(format!("{at}.confidence = {c}: must be between 0 and 1 (e.g. 0.25)"));
         }
         if let Some(v) = m.iou.filter(|v| !(0.0..=1.0).contains(v)) {
-            p(format!(
-                "{at}.iou = {v}: must be between 0 and 1 (e.g. 0.7)"
-            ));
+            p(format!("{at}.iou = {v}: must be between 0 and 1 (e.g. 0.7)"));
         }
         if m.max_detections == Some(0) {
             p(format!("{at}.max_detections = 0: must be at least 1"));
         }
         for (label, v) in &m.class_confidence {
             if !(0.0..=1.0).contains(v) {
-                p(format!(
-                    "{at}.class_confidence.{label} = {v}: must be between 0 and 1"
-                ));
+                p(format!("{at}.class_confidence.{label} = {v}: must be between 0 and 1"));
             }
         }
         if let Some(d) = &m.decoder
             && vigil_inference::DecoderKind::parse(d).is_none()
         {
-            let all: Vec<&str> = vigil_inference::DecoderKind::ALL
-                .iter()
-                .map(|d| d.as_str())
-                .collect();
-            p(format!(
-                "{at}.decoder = {d:?}: unknown decoder; use one of {}",
-                all.join(", ")
-            ));
+            let all: Vec<&str> = vigil_inference::DecoderKind::ALL.iter().map(|d| d.as_str()).collect();
+            p(format!("{at}.decoder = {d:?}: unknown decoder; use one of {}", all.join(", ")));
         }
     }
 
     // Cameras
     let mut camera_names = HashSet::new();
     let mut sources = Vec::new();
+    let mut camera_problems = Vec::new();
     for (i, c) in config.cameras.iter().enumerate() {
         let at = format!("cameras[{i}]");
         if !is_name(&c.name) {
-            p(format!(
-                "{at}.name = {:?}: use 1-64 letters, digits, `-` or `_` (it is used in URLs)",
-                c.name
-            ));
+            p(format!("{at}.name = {:?}: use 1-64 letters, digits, `-` or `_` (it is used in URLs)", c.name));
         } else if !camera_names.insert(c.name.clone()) {
-            p(format!(
-                "{at}.name = {:?}: another camera already has this name",
-                c.name
-            ));
+            p(format!("{at}.name = {:?}: another camera already has this name", c.name));
         }
         match Source::parse(&c.source, base_dir) {
             Ok(s) => {
                 if let Err(e) = s.check_exists() {
-                    p(format!("{at}.source: {e}"));
+                    camera_problems.push(format!("{at}.source: {e}"));
                 }
-                sources.push(s);
+                sources.push(Ok(s));
             }
-            Err(e) => p(format!("{at}.source: {e}")),
+            Err(e) => {
+                camera_problems.push(format!("{at}.source: {e}"));
+                sources.push(Err(e.to_string()));
+            }
         }
-        if !model_names.contains(&c.model) {
+        if let Some(model) = &c.model
+            && !model_names.contains(model)
+        {
             let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
             p(format!(
-                "{at}.model = {:?}: no model has that name (models: {})",
-                c.model,
-                if known.is_empty() {
-                    "none configured".into()
-                } else {
-                    known.join(", ")
-                }
+                "{at}.model = {model:?}: no model has that name (models: {})",
+                if known.is_empty() { "none configured".into() } else { known.join(", ") }
             ));
+        }
+        if let Some(crop) = c.crop {
+            let [x, y, w, h] = crop;
+            let ok = crop.iter().all(|v| (0.0..=1.0).contains(v))
+                && w > 0.0
+                && h > 0.0
+                && x + w <= 1.0 + 1e-6
+                && y + h <= 1.0 + 1e-6;
+            if !ok {
+                p(format!(
+                    "{at}.crop = {crop:?}: use [x, y, width, height] as fractions of the frame, inside 0..1 (e.g. [0.25, 0, 0.5, 1])"
+                ));
+            }
+        }
+        if ![0, 90, 180, 270].contains(&c.rotate) {
+            p(format!("{at}.rotate = {}: use 0, 90, 180 or 270", c.rotate));
+        }
+        for (k, v) in [("width", c.width), ("height", c.height)] {
+            if v.is_some_and(|v| !(16..=8192).contains(&v)) {
+                p(format!("{at}.{k} = {}: use 16 to 8192 pixels, or leave it out", v.unwrap_or(0)));
+            }
+        }
+        if !(c.reconnect_max_s.is_finite() && (0.5..=3600.0).contains(&c.reconnect_max_s)) {
+            p(format!("{at}.reconnect_max_s = {}: use 0.5 to 3600 seconds", c.reconnect_max_s));
         }
         if c.fps == Some(0) {
-            p(format!(
-                "{at}.fps = 0: must be at least 1, or left out for every frame"
-            ));
+            p(format!("{at}.fps = 0: must be at least 1, or left out for every frame"));
         }
         if !(c.stall_timeout_s.is_finite() && c.stall_timeout_s >= 1.0) {
-            p(format!(
-                "{at}.stall_timeout_s = {}: must be at least 1 second",
-                c.stall_timeout_s
-            ));
+            p(format!("{at}.stall_timeout_s = {}: must be at least 1 second", c.stall_timeout_s));
         }
     }
 
     if !problems.is_empty() {
-        return Err(ConfigError {
-            file: file.to_owned(),
-            problems,
-        });
+        return Err(ConfigError { file: file.to_owned(), problems });
     }
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_owned(),
         file: file.to_owned(),
         sources,
+        camera_problems,
         listen: listen.expect("checked above"),
         mqtt: mqtt.expect("checked above"),
     })
@@ -510,10 +540,7 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
 
 fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
     let url = url::Url::parse(&m.url).map_err(|e| {
-        format!(
-            "mqtt.url = {:?}: not a URL ({e}); use e.g. \"mqtt://127.0.0.1:1883\"",
-            m.url
-        )
+        format!("mqtt.url = {:?}: not a URL ({e}); use e.g. \"mqtt://127.0.0.1:1883\"", m.url)
     })?;
     match url.scheme() {
         "mqtt" | "tcp" => {}
@@ -524,29 +551,17 @@ fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
             ));
         }
         other => {
-            return Err(format!(
-                "mqtt.url = {:?}: unknown scheme `{other}`; use mqtt://host:port",
-                m.url
-            ));
+            return Err(format!("mqtt.url = {:?}: unknown scheme `{other}`; use mqtt://host:port", m.url));
         }
     }
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            format!(
-                "mqtt.url = {:?}: no host; use e.g. \"mqtt://127.0.0.1:1883\"",
-                m.url
-            )
-        })?
+        .ok_or_else(|| format!("mqtt.url = {:?}: no host; use e.g. \"mqtt://127.0.0.1:1883\"", m.url))?
         .trim_matches(['[', ']'])
         .to_owned();
     let port = url.port().unwrap_or(1883);
-    let sources = [
-        m.password.is_some(),
-        m.password_file.is_some(),
-        m.password_env.is_some(),
-    ];
+    let sources = [m.password.is_some(), m.password_file.is_some(), m.password_env.is_some()];
     if sources.iter().filter(|s| **s).count() > 1 {
         return Err("mqtt: set only one of password, password_file, password_env".into());
     }
@@ -563,21 +578,17 @@ fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
         })?;
         Some(text.trim_end_matches(['\r', '\n']).to_owned())
     } else if let Some(var) = &m.password_env {
-        Some(std::env::var(var).map_err(|_| {
-            format!("mqtt.password_env = {var:?}: that environment variable is not set")
-        })?)
+        Some(
+            std::env::var(var)
+                .map_err(|_| format!("mqtt.password_env = {var:?}: that environment variable is not set"))?,
+        )
     } else {
         None
     };
     if password.is_some() && m.username.is_none() {
         return Err("mqtt: a password needs a username too (mqtt.username)".into());
     }
-    Ok(MqttTarget {
-        host,
-        port,
-        username: m.username.clone(),
-        password,
-    })
+    Ok(MqttTarget { host, port, username: m.username.clone(), password })
 }
 
 #[cfg(test)]
@@ -635,30 +646,24 @@ mod tests {
     #[test]
     fn names_bad_values_with_the_fix() {
         let e = load(&GOOD.replace("confidence = 0.5", "confidence = 1.5")).unwrap_err();
+        assert!(e.contains("models[0].confidence = 1.5: must be between 0 and 1"), "{e}");
+        let c = load(&GOOD.replace("test://ball", "foo://x")).expect("a bad source is the camera's problem");
         assert!(
-            e.contains("models[0].confidence = 1.5: must be between 0 and 1"),
-            "{e}"
+            c.camera_problems[0].contains("cameras[0].source: unknown source scheme `foo://`"),
+            "{:?}",
+            c.camera_problems
         );
-        let e = load(&GOOD.replace("test://ball", "foo://x")).unwrap_err();
-        assert!(
-            e.contains("cameras[0].source: unknown source scheme `foo://`"),
-            "{e}"
-        );
+        assert!(c.sources[0].is_err());
+        let e = load(&GOOD.replace("fps = 10", "fps = 10\ncrop = [0.5, 0.0, 0.8, 1.0]")).unwrap_err();
+        assert!(e.contains("cameras[0].crop"), "{e}");
+        let e = load(&GOOD.replace("fps = 10", "fps = 10\nrotate = 45")).unwrap_err();
+        assert!(e.contains("cameras[0].rotate = 45"), "{e}");
         let e = load(&GOOD.replace("ball.onnx", "nope.onnx")).unwrap_err();
-        assert!(
-            e.contains("models[0].path") && e.contains("does not exist"),
-            "{e}"
-        );
+        assert!(e.contains("models[0].path") && e.contains("does not exist"), "{e}");
         let e = load(&GOOD.replace("model = \"ball\"", "model = \"yolo\"")).unwrap_err();
-        assert!(
-            e.contains("cameras[0].model = \"yolo\": no model has that name (models: ball)"),
-            "{e}"
-        );
+        assert!(e.contains("cameras[0].model = \"yolo\": no model has that name (models: ball)"), "{e}");
         let e = load(&GOOD.replace("mqtt://127.0.0.1:1884", "amqp://x")).unwrap_err();
-        assert!(
-            e.contains("mqtt.url") && e.contains("unknown scheme `amqp`"),
-            "{e}"
-        );
+        assert!(e.contains("mqtt.url") && e.contains("unknown scheme `amqp`"), "{e}");
         let e = load(&GOOD.replace("line-3", "line/3")).unwrap_err();
         assert!(e.contains("device_id = \"line/3\""), "{e}");
         let e = load(&GOOD.replace("fps = 10", "fps = \"ten\"")).unwrap_err();
@@ -667,9 +672,7 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let text = GOOD
-            .replace("confidence = 0.5", "confidence = 2.0")
-            .replace("test://ball", "foo://x");
+        let text = GOOD.replace("confidence = 0.5", "confidence = 2.0\niou = 3.0");
         let e = LoadedConfig::from_str(&text, Path::new("v.toml"), Path::new(".")).unwrap_err();
         assert!(e.problems.len() >= 2, "{e:?}");
     }
@@ -697,10 +700,7 @@ mod tests {
     fn refuses_unreadable_files_in_one_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = LoadedConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("cannot read the config file") && e.contains("directory"),
-            "{e}"
-        );
+        assert!(e.contains("cannot read the config file") && e.contains("directory"), "{e}");
         let bin = dir.path().join("bin.toml");
         std::fs::write(&bin, [0xff, 0xfe, 0x00]).expect("write");
         let e = LoadedConfig::load(&bin).unwrap_err().to_string();

@@ -106,14 +106,10 @@ struct TimingsJson {
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
-    let dt =
-        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let dt = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let (y, mo, da) = (dt.year(), u8::from(dt.month()), dt.day());
     let (h, mi, s) = (dt.hour(), dt.minute(), dt.second());
-    format!(
-        "{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
+    format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", d.subsec_millis())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -147,10 +143,7 @@ impl DetectionsEvent {
                 width: self.width,
                 height: self.height,
             },
-            model: ModelJson {
-                name: &self.model.name,
-                sha256: &self.model.sha256,
-            },
+            model: ModelJson { name: &self.model.name, sha256: &self.model.sha256 },
             detections: self
                 .prediction
                 .detections
@@ -162,12 +155,7 @@ impl DetectionsEvent {
                         class_id: d.class_id,
                         score: round4(d.score),
                         bbox: [round1(b.x1), round1(b.y1), round1(b.x2), round1(b.y2)],
-                        box_norm: [
-                            round4(b.x1 / w),
-                            round4(b.y1 / h),
-                            round4(b.x2 / w),
-                            round4(b.y2 / h),
-                        ],
+                        box_norm: [round4(b.x1 / w), round4(b.y1 / h), round4(b.x2 / w), round4(b.y2 / h)],
                     }
                 })
                 .collect(),
@@ -175,11 +163,7 @@ impl DetectionsEvent {
                 .prediction
                 .classes
                 .iter()
-                .map(|c| ClassJson {
-                    label: &c.label,
-                    class_id: c.class_id,
-                    score: round4(c.score),
-                })
+                .map(|c| ClassJson { label: &c.label, class_id: c.class_id, score: round4(c.score) })
                 .collect(),
             anomaly: self.prediction.anomaly.map(|a| AnomalyJson {
                 verdict: if a.is_anomalous { "NG" } else { "OK" },

@@ -24,10 +24,7 @@ pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] vigil_inference::InferenceError),
     #[error("model {name:?}: {error}")]
-    Model {
-        name: String,
-        error: vigil_inference::InferenceError,
-    },
+    Model { name: String, error: vigil_inference::InferenceError },
 }
 
 /// Deep checks beyond parsing, for `vigil check`: loads every model with ONNX
@@ -44,14 +41,13 @@ pub fn check_deep(loaded: &LoadedConfig) -> Vec<String> {
             problems.push(format!("models[{i}] ({}): {e}", m.name));
         }
     }
-    for (i, (c, s)) in loaded
-        .config
-        .cameras
-        .iter()
-        .zip(&loaded.sources)
-        .enumerate()
-    {
-        if let Err(e) = vigil_camera::validate(s) {
+    problems.extend(loaded.camera_problems.iter().cloned());
+    for (i, (c, s)) in loaded.config.cameras.iter().zip(&loaded.sources).enumerate() {
+        // Sources that did not parse or do not exist are already reported.
+        if let Ok(s) = s
+            && s.check_exists().is_ok()
+            && let Err(e) = vigil_camera::validate_with(s, &c.options())
+        {
             problems.push(format!("cameras[{i}] ({}): {e}", c.name));
         }
     }

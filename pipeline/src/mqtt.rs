@@ -33,10 +33,7 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str, device: &str) -> Topics {
-        Topics {
-            events: format!("{prefix}/{device}/events"),
-            status: format!("{prefix}/{device}/status"),
-        }
+        Topics { events: format!("{prefix}/{device}/events"), status: format!("{prefix}/{device}/status") }
     }
 }
 
@@ -124,12 +121,7 @@ pub fn spawn(
     options.set_clean_session(false);
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_request_channel_capacity(64);
-    options.set_last_will(LastWill::new(
-        &settings.topics.status,
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
+    options.set_last_will(LastWill::new(&settings.topics.status, "offline", QoS::AtLeastOnce, true));
     if let (Some(u), Some(p)) = (&t.username, &t.password) {
         options.set_credentials(u.clone(), p.clone());
     } else if let Some(u) = &t.username {
@@ -152,9 +144,7 @@ pub fn spawn(
                         tracing::info!(%broker, "MQTT connected");
                         // try_publish: this task must never wait on the request
                         // queue it is itself responsible for draining.
-                        if let Err(e) =
-                            client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online")
-                        {
+                        if let Err(e) = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online") {
                             tracing::warn!(error = %e, "could not queue the online status");
                         }
                     }
@@ -170,8 +160,7 @@ pub fn spawn(
                     Err(e) => {
                         let error = describe(&e);
                         let was = status.state.lock().0;
-                        let next = if was == LinkState::Connected || was == LinkState::Reconnecting
-                        {
+                        let next = if was == LinkState::Connected || was == LinkState::Reconnecting {
                             LinkState::Reconnecting
                         } else {
                             LinkState::Connecting
@@ -194,10 +183,7 @@ pub fn spawn(
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             let payload = event.to_json(&settings.device, SystemTime::now(), Instant::now());
-            if let Err(e) = client
-                .publish(&settings.topics.events, QoS::AtLeastOnce, false, payload)
-                .await
-            {
+            if let Err(e) = client.publish(&settings.topics.events, QoS::AtLeastOnce, false, payload).await {
                 tracing::error!(error = %e, "MQTT client closed; event not published");
                 break;
             }
@@ -205,9 +191,7 @@ pub fn spawn(
         }
         // Every producer is gone: say goodbye while the link may still be up.
         if status.state.lock().0 == LinkState::Connected {
-            let _ = client
-                .publish(&settings.topics.status, QoS::AtLeastOnce, true, "offline")
-                .await;
+            let _ = client.publish(&settings.topics.status, QoS::AtLeastOnce, true, "offline").await;
             let _ = client.disconnect().await;
             let _ = tokio::time::timeout(Duration::from_secs(3), driver).await;
         } else {
@@ -224,9 +208,7 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
             "connection refused: is the broker running and listening on that port?".into()
         }
         rumqttc::ConnectionError::ConnectionRefused(code) => {
-            format!(
-                "the broker refused the connection ({code:?}): check mqtt.username and the password"
-            )
+            format!("the broker refused the connection ({code:?}): check mqtt.username and the password")
         }
         rumqttc::ConnectionError::NetworkTimeout => "no answer from the broker within 5 s".into(),
         other => other.to_string(),
