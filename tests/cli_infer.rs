@@ -22,20 +22,8 @@ fn infers_every_frame_of_a_video_and_writes_annotated_pictures() {
     // A real H.264 MP4 of the moving ball, made by GStreamer itself.
     let status = Command::new("gst-launch-1.0")
         .args(["-q", "videotestsrc", "pattern=ball", "num-buffers=12", "!"])
-        .args([
-            "video/x-raw,width=320,height=240,framerate=10/1",
-            "!",
-            "videoconvert",
-            "!",
-        ])
-        .args([
-            "x264enc",
-            "speed-preset=ultrafast",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
+        .args(["video/x-raw,width=320,height=240,framerate=10/1", "!", "videoconvert", "!"])
+        .args(["x264enc", "speed-preset=ultrafast", "!", "mp4mux", "!", "filesink"])
         .arg(format!("location={}", clip.display()))
         .status()
         .expect("gst-launch-1.0 (deploy/bootstrap.sh installs it)");
@@ -61,15 +49,8 @@ fn infers_every_frame_of_a_video_and_writes_annotated_pictures() {
     assert_eq!(frames.len(), 12, "one line per frame, none dropped");
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f["frame"], i as u64);
-        assert_eq!(
-            (f["width"].as_u64(), f["height"].as_u64()),
-            (Some(320), Some(240))
-        );
-        assert_eq!(
-            f["detections"].as_array().map(Vec::len),
-            Some(1),
-            "frame {i}: {f}"
-        );
+        assert_eq!((f["width"].as_u64(), f["height"].as_u64()), (Some(320), Some(240)));
+        assert_eq!(f["detections"].as_array().map(Vec::len), Some(1), "frame {i}: {f}");
     }
     let jpegs = std::fs::read_dir(&out_dir).expect("out dir").count();
     assert_eq!(jpegs, 12, "an annotated JPEG per frame");
@@ -80,60 +61,30 @@ fn a_directory_gives_one_line_per_image_in_name_order() {
     let photos = repo_root().join("tests/data/photos");
     let model = repo_root().join("models/fixtures/yolov8_multiclass.onnx");
     let (code, out, err) = vigil_cmd(
-        &[
-            "infer",
-            "--json",
-            "--model",
-            model.to_str().expect("utf8"),
-            photos.to_str().expect("utf8"),
-        ],
+        &["infer", "--json", "--model", model.to_str().expect("utf8"), photos.to_str().expect("utf8")],
         &[],
     );
     assert_eq!(code, 0, "{err}");
     let names: Vec<String> = lines(&out)
         .iter()
-        .map(|l| {
-            l["image"]
-                .as_str()
-                .expect("image")
-                .rsplit('/')
-                .next()
-                .expect("name")
-                .to_owned()
-        })
+        .map(|l| l["image"].as_str().expect("image").rsplit('/').next().expect("name").to_owned())
         .collect();
-    assert_eq!(
-        names,
-        ["astronaut.png", "chelsea.png", "coffee.png", "rocket.png"]
-    );
+    assert_eq!(names, ["astronaut.png", "chelsea.png", "coffee.png", "rocket.png"]);
 }
 
 #[test]
 fn per_class_thresholds_from_a_manifest_apply_to_their_class_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("m.onnx");
-    std::fs::copy(
-        repo_root().join("models/fixtures/yolov8_multiclass.onnx"),
-        &model,
-    )
-    .expect("copy");
+    std::fs::copy(repo_root().join("models/fixtures/yolov8_multiclass.onnx"), &model).expect("copy");
     let photo = repo_root().join("tests/data/photos/astronaut.png");
     let run = || {
         let (code, out, err) = vigil_cmd(
-            &[
-                "infer",
-                "--json",
-                "--model",
-                model.to_str().expect("utf8"),
-                photo.to_str().expect("utf8"),
-            ],
+            &["infer", "--json", "--model", model.to_str().expect("utf8"), photo.to_str().expect("utf8")],
             &[],
         );
         assert_eq!(code, 0, "{err}");
-        lines(&out).remove(0)["detections"]
-            .as_array()
-            .expect("dets")
-            .clone()
+        lines(&out).remove(0)["detections"].as_array().expect("dets").clone()
     };
     let before = run();
     let label_of = |d: &Value| d["label"].as_str().expect("label").to_owned();
@@ -142,46 +93,21 @@ fn per_class_thresholds_from_a_manifest_apply_to_their_class_only() {
     for d in &before {
         *counts.entry(label_of(d)).or_default() += 1;
     }
-    let (busy, _) = counts
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .expect("some detections");
-    std::fs::write(
-        dir.path().join("m.manifest.toml"),
-        format!("[class_confidence]\n{busy:?} = 0.6\n"),
-    )
-    .expect("manifest");
+    let (busy, _) = counts.iter().max_by_key(|(_, n)| **n).expect("some detections");
+    std::fs::write(dir.path().join("m.manifest.toml"), format!("[class_confidence]\n{busy:?} = 0.6\n"))
+        .expect("manifest");
     let after = run();
     let high = |v: &[Value], l: &str| {
-        v.iter()
-            .filter(|d| label_of(d) == l && d["score"].as_f64().expect("s") > 0.6)
-            .count()
+        v.iter().filter(|d| label_of(d) == l && d["score"].as_f64().expect("s") > 0.6).count()
     };
-    assert!(
-        after
-            .iter()
-            .filter(|d| label_of(d) == *busy)
-            .all(|d| d["score"].as_f64().expect("s") > 0.6)
-    );
-    assert_eq!(
-        after.iter().filter(|d| label_of(d) == *busy).count(),
-        high(&before, busy)
-    );
+    assert!(after.iter().filter(|d| label_of(d) == *busy).all(|d| d["score"].as_f64().expect("s") > 0.6));
+    assert_eq!(after.iter().filter(|d| label_of(d) == *busy).count(), high(&before, busy));
     for (label, n) in &counts {
         if label != busy {
-            assert_eq!(
-                after.iter().filter(|d| label_of(d) == *label).count(),
-                *n,
-                "{label} unchanged"
-            );
+            assert_eq!(after.iter().filter(|d| label_of(d) == *label).count(), *n, "{label} unchanged");
         }
     }
-    assert!(
-        after.len() < before.len(),
-        "the bar removed something ({} -> {})",
-        before.len(),
-        after.len()
-    );
+    assert!(after.len() < before.len(), "the bar removed something ({} -> {})", before.len(), after.len());
 }
 
 #[test]
@@ -202,8 +128,7 @@ fn an_unavailable_execution_provider_is_refused_loudly() {
     );
     assert_ne!(code, 0, "no silent fallback: {out}");
     assert!(
-        err.contains("CUDAExecutionProvider could not be registered")
-            && err.contains("PyPI CPU wheel"),
+        err.contains("CUDAExecutionProvider could not be registered") && err.contains("PyPI CPU wheel"),
         "{err}"
     );
 }
@@ -211,24 +136,13 @@ fn an_unavailable_execution_provider_is_refused_loudly() {
 #[test]
 fn a_provider_fallback_allowed_in_config_is_reported_in_health() {
     let broker = Mosquitto::start();
-    let config = ball_config("fallback", &broker.url(), 5).replace(
-        "iou = 0.45",
-        "iou = 0.45\nprovider = \"cuda\"\nallow_cpu_fallback = true",
-    );
+    let config = ball_config("fallback", &broker.url(), 5)
+        .replace("iou = 0.45", "iou = 0.45\nprovider = \"cuda\"\nallow_cpu_fallback = true");
     let vigil = Vigil::start(&config);
     let h = vigil.health();
     let p = &h["models"][0]["provider"];
     assert_eq!(p["requested"], "CUDAExecutionProvider", "{h}");
     assert_eq!(p["active"], "CPUExecutionProvider");
-    assert!(
-        p["fallback_reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("could not be registered"),
-        "{p}"
-    );
-    assert!(
-        vigil.stderr().contains("RUNNING ON CPU INSTEAD"),
-        "logged loudly"
-    );
+    assert!(p["fallback_reason"].as_str().unwrap_or("").contains("could not be registered"), "{p}");
+    assert!(vigil.stderr().contains("RUNNING ON CPU INSTEAD"), "logged loudly");
 }

@@ -15,9 +15,7 @@ use support::*;
 fn ball_centre(t: f64, w: f64, h: f64) -> (f64, f64) {
     let r = 20.0;
     let x = r + (0.5 + 0.5 * (2.0 * std::f64::consts::PI * t / 200.0).sin()) * (w - 2.0 * r);
-    let y = r
-        + (0.5 + 0.5 * (2.0 * std::f64::consts::PI * 2f64.sqrt() * t / 200.0).sin())
-            * (h - 2.0 * r);
+    let y = r + (0.5 + 0.5 * (2.0 * std::f64::consts::PI * 2f64.sqrt() * t / 200.0).sin()) * (h - 2.0 * r);
     // Pixel centres sit half a pixel in from the integer coordinates.
     (x + 0.5, y + 0.5)
 }
@@ -32,15 +30,11 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
     sub.expect("vigil/e2e/status", "online", Duration::from_secs(30));
 
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("schemas/detections.v1.schema.json"))
-            .expect("schema"),
+        &std::fs::read_to_string(repo_root().join("schemas/detections.v1.schema.json")).expect("schema"),
     )
     .expect("schema JSON");
     let validator = jsonschema::validator_for(&schema).expect("valid schema");
-    let model_sha = format!(
-        "{:x}",
-        Sha256::digest(std::fs::read(ball_model()).expect("model"))
-    );
+    let model_sha = format!("{:x}", Sha256::digest(std::fs::read(ball_model()).expect("model")));
 
     let mut ids = HashSet::new();
     let mut centres = Vec::new();
@@ -56,19 +50,13 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
         assert_eq!(ev["camera"], "cam1");
         assert_eq!(ev["model"]["name"], "ball");
         assert_eq!(ev["model"]["sha256"], model_sha.as_str());
-        assert!(
-            ids.insert(ev["id"].as_str().expect("id").to_owned()),
-            "ids are unique"
-        );
+        assert!(ids.insert(ev["id"].as_str().expect("id").to_owned()), "ids are unique");
         let seq = ev["frame"]["seq"].as_u64().expect("seq");
         assert!(last_seq.is_none_or(|l| seq > l), "frames arrive in order");
         last_seq = Some(seq);
         let latency = ev["latency_ms"].as_f64().expect("latency");
         assert!((0.0..5000.0).contains(&latency), "latency {latency} ms");
-        let (w, h) = (
-            ev["frame"]["width"].as_f64().expect("w"),
-            ev["frame"]["height"].as_f64().expect("h"),
-        );
+        let (w, h) = (ev["frame"]["width"].as_f64().expect("w"), ev["frame"]["height"].as_f64().expect("h"));
         assert_eq!((w, h), (640.0, 480.0));
 
         let dets = ev["detections"].as_array().expect("detections");
@@ -77,33 +65,19 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
         assert_eq!(d["label"], "ball");
         assert_eq!(d["class_id"], 0);
         assert!(d["score"].as_f64().expect("score") > 0.5);
-        let b: Vec<f64> = d["box"]
-            .as_array()
-            .expect("box")
-            .iter()
-            .map(|v| v.as_f64().expect("num"))
-            .collect();
-        let n: Vec<f64> = d["box_norm"]
-            .as_array()
-            .expect("norm")
-            .iter()
-            .map(|v| v.as_f64().expect("num"))
-            .collect();
+        let b: Vec<f64> =
+            d["box"].as_array().expect("box").iter().map(|v| v.as_f64().expect("num")).collect();
+        let n: Vec<f64> =
+            d["box_norm"].as_array().expect("norm").iter().map(|v| v.as_f64().expect("num")).collect();
         assert!(
             b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w && b[3] <= h && b[0] < b[2] && b[1] < b[3],
             "box {b:?} inside the frame"
         );
         for (k, size) in [w, h, w, h].iter().enumerate() {
-            assert!(
-                (n[k] - b[k] / size).abs() < 1e-3,
-                "box_norm {n:?} matches box {b:?}"
-            );
+            assert!((n[k] - b[k] / size).abs() < 1e-3, "box_norm {n:?} matches box {b:?}");
         }
         // The ball is 40 px across.
-        assert!(
-            ((b[2] - b[0]) - 40.0).abs() <= 3.0 && ((b[3] - b[1]) - 40.0).abs() <= 3.0,
-            "box size {b:?}"
-        );
+        assert!(((b[2] - b[0]) - 40.0).abs() <= 3.0 && ((b[3] - b[1]) - 40.0).abs() <= 3.0, "box size {b:?}");
 
         // The box follows the ball: compare with where videotestsrc drew it
         // in this frame (frame number from the stream timestamp).
@@ -121,10 +95,7 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
         .windows(2)
         .map(|p| ((p[1].0 - p[0].0).powi(2) + (p[1].1 - p[0].1).powi(2)).sqrt())
         .sum::<f64>();
-    assert!(
-        travel > 30.0,
-        "the ball moved {travel:.1} px over 15 events"
-    );
+    assert!(travel > 30.0, "the ball moved {travel:.1} px over 15 events");
 
     // The snapshot: a JPEG of the camera's size with the box drawn in.
     let (status, ctype, body) = vigil.get("/api/v1/cameras/cam1/snapshot.jpg");
@@ -135,32 +106,19 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
     let (jw, jh) = dec.dimensions().expect("dimensions");
     assert_eq!((jw, jh), (640, 480));
     // Box outline colour (0, 255, 64); JPEG blurs it a little.
-    let green = rgb
-        .chunks_exact(3)
-        .filter(|p| p[0] < 80 && p[1] > 200 && p[2] < 130)
-        .count();
-    assert!(
-        green > 150,
-        "box outline visible ({green} box-coloured pixels)"
-    );
+    let green = rgb.chunks_exact(3).filter(|p| p[0] < 80 && p[1] > 200 && p[2] < 130).count();
+    assert!(green > 150, "box outline visible ({green} box-coloured pixels)");
 
     let (status, _, body) = vigil.get("/api/v1/cameras/nope/snapshot.jpg");
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     let (status, ctype, body) = vigil.get("/");
     assert_eq!(status, 200);
-    assert!(
-        ctype.starts_with("text/html") && String::from_utf8_lossy(&body).contains("snapshot.jpg")
-    );
+    assert!(ctype.starts_with("text/html") && String::from_utf8_lossy(&body).contains("snapshot.jpg"));
 
     let health = vigil.health();
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["cameras"][0]["state"], "streaming");
-    assert!(
-        health["cameras"][0]["frames_processed"]
-            .as_u64()
-            .expect("n")
-            >= 15
-    );
+    assert!(health["cameras"][0]["frames_processed"].as_u64().expect("n") >= 15);
 
     // A clean stop says goodbye on the status topic.
     let status = vigil.terminate();

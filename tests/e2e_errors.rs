@@ -41,11 +41,7 @@ fn check_refuses_five_broken_configs_with_one_line_naming_the_problem() {
             good.replace("fps = 10\nmodel", "fpss = 10\nmodel"),
             vec!["cameras[0]", "unknown field `fpss`"],
         ),
-        (
-            "missing-model",
-            good.replace("ball.onnx", "gone.onnx"),
-            vec!["models[0].path", "does not exist"],
-        ),
+        ("missing-model", good.replace("ball.onnx", "gone.onnx"), vec!["models[0].path", "does not exist"]),
         (
             "bad-scheme",
             good.replace("test://ball", "foo://ball"),
@@ -64,10 +60,7 @@ fn check_refuses_five_broken_configs_with_one_line_naming_the_problem() {
         assert_one_clear_line(code, &err, expect);
     }
     // Unreadable: a directory where the file should be, and bytes that are not text.
-    let (code, _, err) = vigil_cmd(
-        &["check", "--config", dir.path().to_str().expect("utf8")],
-        &[],
-    );
+    let (code, _, err) = vigil_cmd(&["check", "--config", dir.path().to_str().expect("utf8")], &[]);
     assert_one_clear_line(code, &err, &["cannot read the config file", "directory"]);
     let bin = dir.path().join("binary.toml");
     std::fs::write(&bin, [0x80u8, 0xff, 0x00, 0x12]).expect("write");
@@ -80,10 +73,8 @@ fn check_refuses_five_broken_configs_with_one_line_naming_the_problem() {
 #[test]
 fn check_finds_a_launch_string_that_does_not_parse() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = good_config(dir.path()).replace(
-        "test://ball?width=640&height=480&fps=10",
-        "launch:videotestsrc ! no_such_element_here",
-    );
+    let text = good_config(dir.path())
+        .replace("test://ball?width=640&height=480&fps=10", "launch:videotestsrc ! no_such_element_here");
     let f = write(dir.path(), "launch.toml", &text);
     let (code, _, err) = vigil_cmd(&["check", "--config", f.to_str().expect("utf8")], &[]);
     assert_one_clear_line(code, &err, &["cameras[0] (cam1)", "no_such_element_here"]);
@@ -118,24 +109,14 @@ fn a_missing_onnx_runtime_library_says_how_to_install_it() {
 fn a_model_that_fails_to_load_is_named_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = good_config(dir.path());
-    std::fs::write(
-        dir.path().join("ball.onnx"),
-        b"PK\x03\x04 definitely not protobuf",
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("ball.onnx"), b"PK\x03\x04 definitely not protobuf").expect("write");
     let f = write(dir.path(), "v.toml", &text);
     let (code, _, err) = vigil_cmd(&["check", "--config", f.to_str().expect("utf8")], &[]);
-    assert_one_clear_line(
-        code,
-        &err,
-        &["models[0] (ball)", "could not be loaded by ONNX Runtime"],
-    );
+    assert_one_clear_line(code, &err, &["models[0] (ball)", "could not be loaded by ONNX Runtime"]);
     let (code, _, err) = vigil_cmd(&["run", "--config", f.to_str().expect("utf8")], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("model \"ball\"")
-            && err.contains("could not be loaded")
-            && !err.contains("panicked"),
+        err.contains("model \"ball\"") && err.contains("could not be loaded") && !err.contains("panicked"),
         "{err}"
     );
 }
@@ -143,45 +124,25 @@ fn a_model_that_fails_to_load_is_named_with_the_reason() {
 #[test]
 fn an_unreachable_broker_is_retried_reported_and_then_used_when_it_appears() {
     let port = free_port();
-    let mut vigil = Vigil::start(&ball_config(
-        "nobroker",
-        &format!("mqtt://127.0.0.1:{port}"),
-        10,
-    ));
+    let mut vigil = Vigil::start(&ball_config("nobroker", &format!("mqtt://127.0.0.1:{port}"), 10));
 
     // The line keeps running while the broker is away, and health says why.
-    wait_until(
-        Duration::from_secs(30),
-        "frames processed without a broker",
-        || {
-            vigil.health()["cameras"][0]["frames_processed"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 5
-        },
-    );
+    wait_until(Duration::from_secs(30), "frames processed without a broker", || {
+        vigil.health()["cameras"][0]["frames_processed"].as_u64().unwrap_or(0) >= 5
+    });
     let h = vigil.health();
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["mqtt"]["state"], "connecting", "{h}");
     let last_error = h["mqtt"]["last_error"].as_str().unwrap_or("");
-    assert!(
-        last_error.contains("connection refused") && last_error.contains("broker running"),
-        "{h}"
-    );
-    assert!(
-        vigil.stderr().contains("MQTT broker unreachable; retrying"),
-        "logged"
-    );
+    assert!(last_error.contains("connection refused") && last_error.contains("broker running"), "{h}");
+    assert!(vigil.stderr().contains("MQTT broker unreachable; retrying"), "logged");
     assert!(vigil.is_running());
 
     // The broker appears: Vigil connects by itself and events flow.
     let broker = Mosquitto::start_on(port);
     let sub = Subscriber::connect(broker.port, "vigil/nobroker/#");
-    wait_until(Duration::from_secs(60), "MQTT connected", || {
-        vigil.health()["mqtt"]["state"] == "connected"
-    });
+    wait_until(Duration::from_secs(60), "MQTT connected", || vigil.health()["mqtt"]["state"] == "connected");
     let ev: serde_json::Value =
-        serde_json::from_slice(&sub.next_on("vigil/nobroker/events", Duration::from_secs(30)))
-            .expect("json");
+        serde_json::from_slice(&sub.next_on("vigil/nobroker/events", Duration::from_secs(30))).expect("json");
     assert_eq!(ev["device"], "nobroker");
 }

@@ -11,11 +11,7 @@ use support::repo_root;
 fn the_ball_model_is_rebuilt_byte_for_byte_by_its_script() {
     let root = repo_root();
     let python = root.join(".deps/venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} missing: run deploy/bootstrap.sh",
-        python.display()
-    );
+    assert!(python.is_file(), "{} missing: run deploy/bootstrap.sh", python.display());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("ball.onnx");
     let status = Command::new(&python)
@@ -48,12 +44,8 @@ fn the_family_fixtures_are_rebuilt_byte_for_byte_by_their_script() {
         let rel = entry.strip_prefix(dir.path()).expect("inside");
         let committed = root.join("models/fixtures").join(rel);
         let rebuilt = std::fs::read(&entry).expect("rebuilt");
-        let committed_bytes = std::fs::read(&committed).unwrap_or_else(|_| {
-            panic!(
-                "{} is made by the script but not committed",
-                committed.display()
-            )
-        });
+        let committed_bytes = std::fs::read(&committed)
+            .unwrap_or_else(|_| panic!("{} is made by the script but not committed", committed.display()));
         assert!(
             rebuilt == committed_bytes,
             "{} differs from what make_fixtures.py builds; re-run it",

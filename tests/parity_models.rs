@@ -20,11 +20,7 @@ use support::*;
 
 fn python() -> PathBuf {
     let py = repo_root().join(".deps/venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} missing: run deploy/bootstrap.sh",
-        py.display()
-    );
+    assert!(py.is_file(), "{} missing: run deploy/bootstrap.sh", py.display());
     py
 }
 
@@ -79,21 +75,12 @@ fn reference(model: &Path, extra: &[&str]) -> Vec<Value> {
         .args(photos())
         .output()
         .expect("run reference.py");
-    assert!(
-        out.status.success(),
-        "reference {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "reference {}: {}", model.display(), String::from_utf8_lossy(&out.stderr));
     json_lines(&out.stdout)
 }
 
 fn nums(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
 fn iou(a: &[f64], b: &[f64]) -> f64 {
@@ -103,11 +90,7 @@ fn iou(a: &[f64], b: &[f64]) -> f64 {
     let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
     if union <= 0.0 {
         // Two degenerate boxes (zero area): equal when their corners are.
-        if a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3) {
-            1.0
-        } else {
-            0.0
-        }
+        if a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3) { 1.0 } else { 0.0 }
     } else {
         inter / union
     }
@@ -124,13 +107,7 @@ fn assert_same(what: &str, got: &Value, want: &Value) -> usize {
     }
     let g = got["detections"].as_array().expect("detections");
     let w = want["detections"].as_array().expect("detections");
-    assert_eq!(
-        g.len(),
-        w.len(),
-        "{ctx}: detection count (vigil {} vs reference {})",
-        g.len(),
-        w.len()
-    );
+    assert_eq!(g.len(), w.len(), "{ctx}: detection count (vigil {} vs reference {})", g.len(), w.len());
     let mut used = vec![false; g.len()];
     for (i, wd) in w.iter().enumerate() {
         let wb = nums(&wd["box"]);
@@ -145,43 +122,19 @@ fn assert_same(what: &str, got: &Value, want: &Value) -> usize {
         };
         used[j] = true;
         let gd = &g[j];
-        assert!(
-            overlap >= 0.99,
-            "{ctx}: detection {i} IoU {overlap:.4} < 0.99\n vigil {gd}\n ref   {wd}"
-        );
-        let (gs, ws) = (
-            gd["score"].as_f64().expect("score"),
-            wd["score"].as_f64().expect("score"),
-        );
-        assert!(
-            (gs - ws).abs() <= 1e-3,
-            "{ctx}: detection {i} score {gs} vs {ws}"
-        );
+        assert!(overlap >= 0.99, "{ctx}: detection {i} IoU {overlap:.4} < 0.99\n vigil {gd}\n ref   {wd}");
+        let (gs, ws) = (gd["score"].as_f64().expect("score"), wd["score"].as_f64().expect("score"));
+        assert!((gs - ws).abs() <= 1e-3, "{ctx}: detection {i} score {gs} vs {ws}");
         assert_eq!(gd["label"], wd["label"], "{ctx}: detection {i} label");
     }
     let no_classes = Value::Array(vec![]);
-    let gc = got
-        .get("classes")
-        .unwrap_or(&no_classes)
-        .as_array()
-        .expect("classes");
-    let wc = want
-        .get("classes")
-        .unwrap_or(&no_classes)
-        .as_array()
-        .expect("classes");
+    let gc = got.get("classes").unwrap_or(&no_classes).as_array().expect("classes");
+    let wc = want.get("classes").unwrap_or(&no_classes).as_array().expect("classes");
     assert_eq!(gc.len(), wc.len(), "{ctx}: number of top classes");
     for (k, (a, b)) in gc.iter().zip(wc).enumerate() {
         assert_eq!(a["class_id"], b["class_id"], "{ctx}: top-{} class", k + 1);
-        let (sa, sb) = (
-            a["score"].as_f64().expect("score"),
-            b["score"].as_f64().expect("score"),
-        );
-        assert!(
-            (sa - sb).abs() <= 1e-3,
-            "{ctx}: top-{} score {sa} vs {sb}",
-            k + 1
-        );
+        let (sa, sb) = (a["score"].as_f64().expect("score"), b["score"].as_f64().expect("score"));
+        assert!((sa - sb).abs() <= 1e-3, "{ctx}: top-{} score {sa} vs {sb}", k + 1);
     }
     assert_eq!(got.get("verdict"), want.get("verdict"), "{ctx}: verdict");
     if let (Some(a), Some(b)) = (got.get("anomaly_score"), want.get("anomaly_score")) {
@@ -200,17 +153,10 @@ fn parity(model: &str, decoder: &str, extra: &[&str]) {
     assert_eq!(want.len(), 4);
     let mut compared = 0;
     for (g, w) in got.iter().zip(&want) {
-        assert_eq!(
-            w["decoder"], decoder,
-            "the reference picked the expected decoder"
-        );
+        assert_eq!(w["decoder"], decoder, "the reference picked the expected decoder");
         compared += assert_same(&model.display().to_string(), g, w);
     }
-    assert!(
-        compared > 0,
-        "{}: nothing to compare: the fixture found nothing on any photo",
-        model.display()
-    );
+    assert!(compared > 0, "{}: nothing to compare: the fixture found nothing on any photo", model.display());
 }
 
 #[test]
@@ -220,11 +166,7 @@ fn yolov8_multiclass_matches_the_reference() {
 
 #[test]
 fn yolov8_at_other_thresholds_matches_the_reference() {
-    parity(
-        "models/fixtures/yolov8_multiclass.onnx",
-        "yolov8",
-        &["--conf", "0.4", "--iou", "0.5"],
-    );
+    parity("models/fixtures/yolov8_multiclass.onnx", "yolov8", &["--conf", "0.4", "--iou", "0.5"]);
 }
 
 #[test]
@@ -264,20 +206,12 @@ fn anomalib_matches_the_reference() {
 
 #[test]
 fn custom_vision_compact_matches_the_reference() {
-    parity(
-        "models/fixtures/customvision/model.onnx",
-        "customvision",
-        &[],
-    );
+    parity("models/fixtures/customvision/model.onnx", "customvision", &[]);
 }
 
 #[test]
 fn custom_vision_s1_matches_the_reference() {
-    parity(
-        "models/fixtures/customvision-s1/model.onnx",
-        "customvision-s1",
-        &[],
-    );
+    parity("models/fixtures/customvision-s1/model.onnx", "customvision-s1", &[]);
 }
 
 #[test]

@@ -46,28 +46,16 @@ async fn cameras(State(app): State<Arc<Appliance>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "cameras": app.health().cameras }))
 }
 
-async fn snapshot(
-    State(app): State<Arc<Appliance>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+async fn snapshot(State(app): State<Arc<Appliance>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let jpeg = tokio::task::spawn_blocking(move || app.snapshot_jpeg(&name))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| match e {
             SnapshotError::UnknownCamera(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-            SnapshotError::NoFrameYet(_) => {
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
+            SnapshotError::NoFrameYet(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             SnapshotError::Encode(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/jpeg"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        jpeg,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
 }
 
 async fn index() -> Html<&'static str> {

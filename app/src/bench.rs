@@ -66,7 +66,7 @@ fn test_frame(w: u32, h: u32) -> Vec<u8> {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            let n = (state & 31) as u32;
+            let n = state & 31;
             v.push(((x * 255 / w + n) & 255) as u8);
             v.push(((y * 255 / h + n) & 255) as u8);
             v.push((((x + y) * 255 / (w + h) + n) & 255) as u8);

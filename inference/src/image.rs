@@ -13,11 +13,7 @@ impl<'a> ImageView<'a> {
     /// may stop at `width * 3`).
     pub fn new(data: &'a [u8], width: u32, height: u32, stride: usize) -> Option<ImageView<'a>> {
         let row = width as usize * 3;
-        let need = if height == 0 {
-            0
-        } else {
-            stride * (height as usize - 1) + row
-        };
+        let need = if height == 0 { 0 } else { stride * (height as usize - 1) + row };
         (width > 0 && height > 0 && stride >= row && data.len() >= need).then_some(ImageView {
             data,
             width,

@@ -41,12 +41,7 @@ pub struct Letterbox {
 impl Letterbox {
     /// Ultralytics `LetterBox(auto=False, scaleup=True, center=True)`.
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Letterbox {
-        let (sw, sh, dw, dh) = (
-            f64::from(src_w),
-            f64::from(src_h),
-            f64::from(dst_w),
-            f64::from(dst_h),
-        );
+        let (sw, sh, dw, dh) = (f64::from(src_w), f64::from(src_h), f64::from(dst_w), f64::from(dst_h));
         let gain = (dh / sh).min(dw / sw);
         // Python's round() rounds halves to even.
         let new_w = (sw * gain).round_ties_even() as u32;
@@ -57,19 +52,7 @@ impl Letterbox {
         let top = (half_h - 0.1).round_ties_even() as u32;
         let pad_x = ((dw - sw * gain) / 2.0 - 0.1).round_ties_even();
         let pad_y = ((dh - sh * gain) / 2.0 - 0.1).round_ties_even();
-        Letterbox {
-            src_w,
-            src_h,
-            dst_w,
-            dst_h,
-            new_w,
-            new_h,
-            left,
-            top,
-            gain,
-            pad_x,
-            pad_y,
-        }
+        Letterbox { src_w, src_h, dst_w, dst_h, new_w, new_h, left, top, gain, pad_x, pad_y }
     }
 
     /// Maps a point from model-input pixels back to source pixels, clipped to
@@ -131,10 +114,8 @@ pub(crate) fn resize_rows(
             for x in 0..dst_w {
                 for c in 0..3 {
                     let i = 6 * x + c;
-                    let sum = u32::from(r0[i])
-                        + u32::from(r0[i + 3])
-                        + u32::from(r1[i])
-                        + u32::from(r1[i + 3]);
+                    let sum =
+                        u32::from(r0[i]) + u32::from(r0[i + 3]) + u32::from(r1[i]) + u32::from(r1[i + 3]);
                     scratch.out_row[3 * x + c] = ((sum + 2) >> 2) as u8;
                 }
             }
@@ -145,9 +126,7 @@ pub(crate) fn resize_rows(
     plan_horizontal(scratch, src.width, src.height, dst_w, dst_h);
     scratch.row_ids = [None, None];
     let scale_y = sh as f64 / dst_h as f64;
-    if scratch.x_is_pick
-        && (0..dst_h).all(|dy| vertical_coefs(dy, scale_y).1 == [COEF_SCALE as i32, 0])
-    {
+    if scratch.x_is_pick && (0..dst_h).all(|dy| vertical_coefs(dy, scale_y).1 == [COEF_SCALE as i32, 0]) {
         // Every weight is (2048, 0) on both axes (e.g. an exact 3x downscale,
         // 1920x1080 -> 640x360): OpenCV's arithmetic then returns the source
         // byte unchanged, ((((v * 2048) >> 4) * 2048) >> 16 + 2) >> 2 == v,
@@ -229,12 +208,7 @@ fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, 
 /// Makes sure the horizontally resized source rows `r0` and `r1` are in the
 /// two-row cache (each source row serves about two output rows) and returns
 /// their cache indices.
-fn horizontal_rows(
-    s: &mut ResizeScratch,
-    src: &ImageView<'_>,
-    r0: usize,
-    r1: usize,
-) -> (usize, usize) {
+fn horizontal_rows(s: &mut ResizeScratch, src: &ImageView<'_>, r0: usize, r1: usize) -> (usize, usize) {
     let find = |s: &mut ResizeScratch, r: usize, avoid: Option<usize>| -> usize {
         if let Some(i) = s.row_ids.iter().position(|&id| id == Some(r)) {
             return i;
@@ -259,11 +233,7 @@ fn hresize(row: &[u8], xofs: &[usize], alpha: &[[i32; 2]], out: &mut [i32]) {
     let last = row.len() / 3 - 1;
     // xofs is non-decreasing: every column from `split` on sits on the last pixel.
     let split = xofs.partition_point(|&sx| sx < last);
-    for ((o, &sx), a) in out
-        .chunks_exact_mut(3)
-        .zip(&xofs[..split])
-        .zip(&alpha[..split])
-    {
+    for ((o, &sx), a) in out.chunks_exact_mut(3).zip(&xofs[..split]).zip(&alpha[..split]) {
         let p = &row[sx * 3..sx * 3 + 6];
         o[0] = i32::from(p[0]) * a[0] + i32::from(p[3]) * a[1];
         o[1] = i32::from(p[1]) * a[0] + i32::from(p[4]) * a[1];
@@ -298,10 +268,7 @@ mod tests {
     fn maps_model_points_back_to_source_pixels() {
         let lb = Letterbox::new(1920, 1080, 640, 640);
         let (x, y) = lb.to_source(320.0, 140.0 + 180.0);
-        assert!(
-            (x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3,
-            "{x},{y}"
-        );
+        assert!((x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3, "{x},{y}");
         // Points in the padding clip to the image edge.
         assert_eq!(lb.to_source(-5.0, 10.0), (0.0, 0.0));
     }

@@ -75,10 +75,7 @@ pub struct Manifest {
 
 /// Where the manifest of `model` would be.
 pub fn manifest_path(model: &Path) -> PathBuf {
-    let stem = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     model.with_file_name(format!("{stem}.manifest.toml"))
 }
 
@@ -88,15 +85,9 @@ pub(crate) fn read_manifest(model: &Path) -> Result<Option<(PathBuf, Manifest)>,
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("manifest {}: {e}", path.display()))?;
-    let m: Manifest = toml::from_str(&text).map_err(|e| {
-        format!(
-            "manifest {}: {}",
-            path.display(),
-            e.message().trim().replace('\n', " ")
-        )
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+    let m: Manifest = toml::from_str(&text)
+        .map_err(|e| format!("manifest {}: {}", path.display(), e.message().trim().replace('\n', " ")))?;
     Ok(Some((path, m)))
 }
 
@@ -104,10 +95,6 @@ pub(crate) fn read_manifest(model: &Path) -> Result<Option<(PathBuf, Manifest)>,
 pub(crate) fn read_labels_txt(model: &Path) -> Option<(PathBuf, Vec<String>)> {
     let path = model.with_file_name("labels.txt");
     let text = std::fs::read_to_string(&path).ok()?;
-    let labels: Vec<String> = text
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect();
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
     Some((path, labels))
 }

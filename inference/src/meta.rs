@@ -9,10 +9,7 @@
 /// into labels ordered by class id. Returns a description of the problem when
 /// the text is not such a literal.
 pub fn parse_python_names(text: &str) -> Result<Vec<String>, String> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        i: 0,
-    };
+    let mut p = Parser { s: text.as_bytes(), i: 0 };
     p.ws();
     let out = match p.peek() {
         Some(b'{') => {
@@ -43,9 +40,7 @@ pub fn parse_python_names(text: &str) -> Result<Vec<String>, String> {
             pairs.sort_by_key(|(k, _)| *k);
             for (i, (k, _)) in pairs.iter().enumerate() {
                 if *k != i {
-                    return Err(format!(
-                        "class ids must run 0..n without gaps; id {i} is missing"
-                    ));
+                    return Err(format!("class ids must run 0..n without gaps; id {i} is missing"));
                 }
             }
             pairs.into_iter().map(|(_, v)| v).collect()
@@ -168,34 +163,20 @@ mod tests {
 
     #[test]
     fn parses_ultralytics_names() {
-        assert_eq!(
-            parse_python_names("{0: 'person', 1: 'car'}"),
-            Ok(vec!["person".into(), "car".into()])
-        );
+        assert_eq!(parse_python_names("{0: 'person', 1: 'car'}"), Ok(vec!["person".into(), "car".into()]));
         assert_eq!(
             parse_python_names("{1: \"driver's seat\", 0: 'a, b: c'}"),
             Ok(vec!["a, b: c".into(), "driver's seat".into()])
         );
         assert_eq!(parse_python_names("{0: 'it\\'s'}"), Ok(vec!["it's".into()]));
-        assert_eq!(
-            parse_python_names("['ok', 'ng']"),
-            Ok(vec!["ok".into(), "ng".into()])
-        );
+        assert_eq!(parse_python_names("['ok', 'ng']"), Ok(vec!["ok".into(), "ng".into()]));
         assert_eq!(parse_python_names("{}"), Ok(vec![]));
     }
 
     #[test]
     fn explains_bad_names() {
-        assert!(
-            parse_python_names("{0: person}")
-                .unwrap_err()
-                .contains("quoted label")
-        );
-        assert!(
-            parse_python_names("{0: 'a', 2: 'b'}")
-                .unwrap_err()
-                .contains("id 1 is missing")
-        );
+        assert!(parse_python_names("{0: person}").unwrap_err().contains("quoted label"));
+        assert!(parse_python_names("{0: 'a', 2: 'b'}").unwrap_err().contains("id 1 is missing"));
         assert!(parse_python_names("{0: 'a'").is_err());
         assert!(parse_python_names("person").is_err());
     }

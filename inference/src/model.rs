@@ -128,16 +128,10 @@ fn dtype_name(t: &TensorElementType) -> String {
 
 fn tensor_info(o: &ort::value::Outlet) -> TensorInfo {
     match o.dtype() {
-        ValueType::Tensor { ty, shape, .. } => TensorInfo {
-            name: o.name().to_owned(),
-            dtype: dtype_name(ty),
-            shape: shape.to_vec(),
-        },
-        other => TensorInfo {
-            name: o.name().to_owned(),
-            dtype: format!("{other:?}"),
-            shape: vec![],
-        },
+        ValueType::Tensor { ty, shape, .. } => {
+            TensorInfo { name: o.name().to_owned(), dtype: dtype_name(ty), shape: shape.to_vec() }
+        }
+        other => TensorInfo { name: o.name().to_owned(), dtype: format!("{other:?}"), shape: vec![] },
     }
 }
 
@@ -151,34 +145,21 @@ fn read_facts_with(
     path: &Path,
     options: &ModelOptions,
 ) -> Result<(Vec<u8>, Session, ModelFacts, ProviderStatus), InferenceError> {
-    let bytes = std::fs::read(path).map_err(|e| InferenceError::ModelUnreadable {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| InferenceError::ModelUnreadable { path: path.to_owned(), reason: e.to_string() })?;
     if bytes.is_empty() {
-        return Err(InferenceError::ModelLoad {
-            path: path.to_owned(),
-            reason: "the file is empty".into(),
-        });
+        return Err(InferenceError::ModelLoad { path: path.to_owned(), reason: "the file is empty".into() });
     }
     let env = runtime::environment()?;
-    let load_err = |reason: String| InferenceError::ModelLoad {
-        path: path.to_owned(),
-        reason,
+    let load_err = |reason: String| InferenceError::ModelLoad { path: path.to_owned(), reason };
+    let base = |opts: &ModelOptions| -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+        let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+        b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| load_err(e.to_string()))?;
+        if opts.intra_threads > 0 {
+            b = b.with_intra_threads(opts.intra_threads).map_err(|e| load_err(e.to_string()))?;
+        }
+        Ok(b)
     };
-    let base =
-        |opts: &ModelOptions| -> Result<ort::session::builder::SessionBuilder, InferenceError> {
-            let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-            b = b
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| load_err(e.to_string()))?;
-            if opts.intra_threads > 0 {
-                b = b
-                    .with_intra_threads(opts.intra_threads)
-                    .map_err(|e| load_err(e.to_string()))?;
-            }
-            Ok(b)
-        };
     let requested = options.provider;
     let (builder, provider) = match register(base(options)?, requested, options.device_id) {
         Ok(b) => (
@@ -206,16 +187,11 @@ fn read_facts_with(
             )
         }
         Err(reason) => {
-            return Err(InferenceError::Provider {
-                path: path.to_owned(),
-                reason,
-            });
+            return Err(InferenceError::Provider { path: path.to_owned(), reason });
         }
     };
     let mut builder = builder;
-    let session = builder
-        .commit_from_memory(&bytes)
-        .map_err(|e| load_err(e.to_string()))?;
+    let session = builder.commit_from_memory(&bytes).map_err(|e| load_err(e.to_string()))?;
     let mut metadata = BTreeMap::new();
     if let Ok(meta) = session.metadata()
         && let Ok(keys) = meta.custom_keys()
@@ -226,10 +202,8 @@ fn read_facts_with(
             }
         }
     }
-    let manifest = read_manifest(path).map_err(|reason| InferenceError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    })?;
+    let manifest = read_manifest(path)
+        .map_err(|reason| InferenceError::Unsupported { path: path.to_owned(), reason })?;
     let facts = ModelFacts {
         inputs: session.inputs().iter().map(tensor_info).collect(),
         outputs: session.outputs().iter().map(tensor_info).collect(),
@@ -244,23 +218,15 @@ impl Detector {
     /// Loads, inspects and validates a model, then test-runs it once on a
     /// blank frame. Fails with a message that lists what was found when no
     /// decoder fits.
-    pub fn load(
-        name: &str,
-        path: &Path,
-        options: ModelOptions,
-    ) -> Result<Detector, InferenceError> {
+    pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
         let (bytes, session, facts, provider) = read_facts_with(path, &options)?;
-        let plan =
-            plan(&facts, &options.overrides).map_err(|reason| InferenceError::Unsupported {
-                path: path.to_owned(),
-                reason: format!("{reason}; found {}", facts.describe()),
-            })?;
+        let plan = plan(&facts, &options.overrides).map_err(|reason| InferenceError::Unsupported {
+            path: path.to_owned(),
+            reason: format!("{reason}; found {}", facts.describe()),
+        })?;
         let labels: Vec<Arc<str>> = plan.labels.iter().map(|l| Arc::from(l.as_str())).collect();
-        let class_threshold = plan
-            .labels
-            .iter()
-            .map(|l| plan.thresholds.class_confidence.get(l).copied())
-            .collect();
+        let class_threshold =
+            plan.labels.iter().map(|l| plan.thresholds.class_confidence.get(l).copied()).collect();
         let info = ModelInfo {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -280,14 +246,12 @@ impl Detector {
             session: Mutex::new(session),
         };
         let blank = vec![0u8; 64 * 48 * 3];
-        let view = ImageView::new(&blank, 64, 48, 64 * 3)
-            .ok_or_else(|| InferenceError::Run("internal".into()))?;
-        detector
-            .detect(&view, &mut Scratch::default())
-            .map_err(|e| InferenceError::Unsupported {
-                path: path.to_owned(),
-                reason: format!("a test run on a blank frame failed: {e}"),
-            })?;
+        let view =
+            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| InferenceError::Run("internal".into()))?;
+        detector.detect(&view, &mut Scratch::default()).map_err(|e| InferenceError::Unsupported {
+            path: path.to_owned(),
+            reason: format!("a test run on a blank frame failed: {e}"),
+        })?;
         Ok(detector)
     }
 
@@ -310,10 +274,8 @@ impl Detector {
         let t1 = Instant::now();
 
         let buf = &scratch.input;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let mut session =
+            self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
         let name = plan.input.name.as_str();
         let outputs = match plan.input.dtype {
             InputType::Float32 => {
@@ -355,14 +317,7 @@ impl Detector {
         drop(session);
         self.finish(&mut pred, coords, &geometry);
         let t3 = Instant::now();
-        Ok((
-            pred,
-            Timings {
-                preprocess: t1 - t0,
-                run: t2 - t1,
-                postprocess: t3 - t2,
-            },
-        ))
+        Ok((pred, Timings { preprocess: t1 - t0, run: t2 - t1, postprocess: t3 - t2 }))
     }
 
     /// `session.run` alone, `n` times, on `img` preprocessed once: the
@@ -380,17 +335,21 @@ impl Detector {
         let shape = plan.input.shape(in_w, in_h);
         let buf = &scratch.input;
         let name = plan.input.name.as_str();
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let mut session =
+            self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
             let outputs = match plan.input.dtype {
-                InputType::Float32 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?]),
-                InputType::Float16 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?]),
-                InputType::Uint8 => session.run(ort::inputs![name => TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?]),
+                InputType::Float32 => session.run(
+                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?],
+                ),
+                InputType::Float16 => session.run(
+                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?],
+                ),
+                InputType::Uint8 => session.run(
+                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?],
+                ),
             }
             .map_err(run_err)?;
             drop(outputs);
@@ -405,31 +364,22 @@ impl Detector {
         let t = &self.info.plan.thresholds;
         if self.class_threshold.iter().any(Option::is_some) || !t.class_confidence.is_empty() {
             pred.detections.retain(|d| {
-                let thr = self
-                    .class_threshold
-                    .get(d.class_id as usize)
-                    .copied()
-                    .flatten()
-                    .unwrap_or(t.confidence);
+                let thr =
+                    self.class_threshold.get(d.class_id as usize).copied().flatten().unwrap_or(t.confidence);
                 d.score > thr
             });
         }
         if self.info.plan.decoder.uses_nms() {
-            pred.detections = nms(
-                std::mem::take(&mut pred.detections),
-                t.iou,
-                t.class_agnostic,
-                t.max_detections,
-            );
+            pred.detections =
+                nms(std::mem::take(&mut pred.detections), t.iou, t.class_agnostic, t.max_detections);
         }
         for d in &mut pred.detections {
             let b = d.bbox;
             let ((x1, y1), (x2, y2)) = match coords {
                 Coords::Input => (geometry.to_frame(b.x1, b.y1), geometry.to_frame(b.x2, b.y2)),
-                Coords::Normalised => (
-                    geometry.normalised_to_frame(b.x1, b.y1),
-                    geometry.normalised_to_frame(b.x2, b.y2),
-                ),
+                Coords::Normalised => {
+                    (geometry.normalised_to_frame(b.x1, b.y1), geometry.normalised_to_frame(b.x2, b.y2))
+                }
                 Coords::Frame => {
                     let (w, h) = geometry.frame_size();
                     (
@@ -453,19 +403,13 @@ fn read_output(v: &DynValue) -> Result<OutTensor<'_>, InferenceError> {
     macro_rules! conv {
         ($t:ty, $f:expr) => {{
             let (shape, data) = v.try_extract_tensor::<$t>().map_err(err)?;
-            OutTensor {
-                shape: shape.to_vec(),
-                data: Cow::Owned(data.iter().map($f).collect()),
-            }
+            OutTensor { shape: shape.to_vec(), data: Cow::Owned(data.iter().map($f).collect()) }
         }};
     }
     Ok(match ty {
         TensorElementType::Float32 => {
             let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
-            OutTensor {
-                shape: shape.to_vec(),
-                data: Cow::Borrowed(data),
-            }
+            OutTensor { shape: shape.to_vec(), data: Cow::Borrowed(data) }
         }
         TensorElementType::Float16 => conv!(half::f16, |x: &half::f16| x.to_f32()),
         TensorElementType::Float64 => conv!(f64, |x: &f64| *x as f32),
@@ -474,19 +418,15 @@ fn read_output(v: &DynValue) -> Result<OutTensor<'_>, InferenceError> {
         TensorElementType::Uint8 => conv!(u8, |x: &u8| f32::from(*x)),
         TensorElementType::Bool => conv!(bool, |x: &bool| if *x { 1.0 } else { 0.0 }),
         other => {
-            return Err(InferenceError::Run(format!(
-                "outputs of type {other:?} are not supported"
-            )));
+            return Err(InferenceError::Run(format!("outputs of type {other:?} are not supported")));
         }
     })
 }
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

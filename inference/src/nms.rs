@@ -69,38 +69,15 @@ mod tests {
     use super::*;
 
     fn det(class_id: u32, score: f32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
-        Detection {
-            class_id,
-            label: "x".into(),
-            score,
-            bbox: BBox { x1, y1, x2, y2 },
-        }
+        Detection { class_id, label: "x".into(), score, bbox: BBox { x1, y1, x2, y2 } }
     }
 
     #[test]
     fn iou_of_known_boxes() {
-        let a = BBox {
-            x1: 0.0,
-            y1: 0.0,
-            x2: 10.0,
-            y2: 10.0,
-        };
-        let b = BBox {
-            x1: 5.0,
-            y1: 0.0,
-            x2: 15.0,
-            y2: 10.0,
-        };
+        let a = BBox { x1: 0.0, y1: 0.0, x2: 10.0, y2: 10.0 };
+        let b = BBox { x1: 5.0, y1: 0.0, x2: 15.0, y2: 10.0 };
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
-        assert_eq!(
-            a.iou(&BBox {
-                x1: 20.0,
-                y1: 20.0,
-                x2: 30.0,
-                y2: 30.0
-            }),
-            0.0
-        );
+        assert_eq!(a.iou(&BBox { x1: 20.0, y1: 20.0, x2: 30.0, y2: 30.0 }), 0.0);
         assert_eq!(a.iou(&a), 1.0);
     }
 
@@ -123,16 +100,7 @@ mod tests {
     #[test]
     fn caps_the_number_of_detections() {
         let dets: Vec<Detection> = (0..10)
-            .map(|i| {
-                det(
-                    0,
-                    i as f32 / 10.0,
-                    i as f32 * 20.0,
-                    0.0,
-                    i as f32 * 20.0 + 10.0,
-                    10.0,
-                )
-            })
+            .map(|i| det(0, i as f32 / 10.0, i as f32 * 20.0, 0.0, i as f32 * 20.0 + 10.0, 10.0))
             .collect();
         let kept = nms(dets, 0.5, false, 3);
         assert_eq!(kept.len(), 3);

@@ -76,11 +76,7 @@ pub struct ModelPlan {
 impl ModelPlan {
     pub(crate) fn decode_params(&self) -> DecodeParams {
         let t = &self.thresholds;
-        let min_class = t
-            .class_confidence
-            .values()
-            .copied()
-            .fold(t.confidence, f32::min);
+        let min_class = t.class_confidence.values().copied().fold(t.confidence, f32::min);
         DecodeParams {
             conf: min_class,
             iou: t.iou,
@@ -104,20 +100,13 @@ pub struct ModelFacts {
 impl ModelFacts {
     /// "inputs images: float32 [1, 3, 640, 640]; outputs output0: float32 [1, 84, 8400]"
     pub fn describe(&self) -> String {
-        let j = |v: &[TensorInfo]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let j = |v: &[TensorInfo]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         format!("inputs {}; outputs {}", j(&self.inputs), j(&self.outputs))
     }
 }
 
 fn output_named<'a>(outs: &'a [TensorInfo], names: &[&str]) -> Option<(usize, &'a TensorInfo)> {
-    outs.iter()
-        .enumerate()
-        .find(|(_, o)| names.iter().any(|n| o.name == *n))
+    outs.iter().enumerate().find(|(_, o)| names.iter().any(|n| o.name == *n))
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -138,10 +127,7 @@ fn choose_decoder(f: &ModelFacts, o: &Overrides) -> Result<(DecoderKind, String)
     let outs = &f.outputs;
     let has = |n: &str| outs.iter().any(|o| o.name == n);
     if has("pred_score") && has("anomaly_map") {
-        return Ok((
-            DecoderKind::Anomalib,
-            "outputs named pred_score and anomaly_map (anomalib)".into(),
-        ));
+        return Ok((DecoderKind::Anomalib, "outputs named pred_score and anomaly_map (anomalib)".into()));
     }
     if has("detected_boxes") && has("detected_scores") && has("detected_classes") {
         return Ok((
@@ -150,10 +136,7 @@ fn choose_decoder(f: &ModelFacts, o: &Overrides) -> Result<(DecoderKind, String)
         ));
     }
     if has("model_outputs0") {
-        return Ok((
-            DecoderKind::CustomVision,
-            "output named model_outputs0 (Custom Vision compact)".into(),
-        ));
+        return Ok((DecoderKind::CustomVision, "output named model_outputs0 (Custom Vision compact)".into()));
     }
     if has("detection_boxes") && has("detection_scores") {
         return Ok((
@@ -174,63 +157,41 @@ fn choose_decoder(f: &ModelFacts, o: &Overrides) -> Result<(DecoderKind, String)
     };
     let s = out.shape.as_slice();
     match s {
-        [_, k, 6] if end2end => Ok((
-            DecoderKind::End2End,
-            format!("Ultralytics metadata end2end=True and output [1, {k}, 6]"),
-        )),
+        [_, k, 6] if end2end => {
+            Ok((DecoderKind::End2End, format!("Ultralytics metadata end2end=True and output [1, {k}, 6]")))
+        }
         [_, c] if task.is_none_or(|t| t == "classify") => Ok((
             DecoderKind::Classify,
-            format!(
-                "one output [1, {c}]{}",
-                if task.is_some() {
-                    " and task=classify"
-                } else {
-                    ""
-                }
-            ),
+            format!("one output [1, {c}]{}", if task.is_some() { " and task=classify" } else { "" }),
         )),
-        [_, rows, n]
-            if *rows > 4 && (*n == -1 || *n > *rows) && task.is_none_or(|t| t == "detect") =>
-        {
-            Ok((
-                DecoderKind::YoloV8,
-                format!("output [1, 4+C, N] = [1, {rows}, {n}] (YOLOv8-style)"),
-            ))
+        [_, rows, n] if *rows > 4 && (*n == -1 || *n > *rows) && task.is_none_or(|t| t == "detect") => {
+            Ok((DecoderKind::YoloV8, format!("output [1, 4+C, N] = [1, {rows}, {n}] (YOLOv8-style)")))
         }
-        [_, n, cols] if *cols > 5 && (*n == -1 || *n > *cols) && *cols != 6 => Ok((
-            DecoderKind::YoloV5,
-            format!("output [1, N, 5+C] = [1, {n}, {cols}] (YOLOv5-style)"),
-        )),
+        [_, n, cols] if *cols > 5 && (*n == -1 || *n > *cols) && *cols != 6 => {
+            Ok((DecoderKind::YoloV5, format!("output [1, N, 5+C] = [1, {n}, {cols}] (YOLOv5-style)")))
+        }
         [_, k, 6] if *k > 0 && *k <= 1000 => Ok((
             DecoderKind::End2End,
             format!("output [1, {k}, 6] (end-to-end rows x1,y1,x2,y2,score,class)"),
         )),
         _ => Err(format!(
             "the output layout fits no decoder{}",
-            task.map(|t| format!(" (Ultralytics task={t})"))
-                .unwrap_or_default()
+            task.map(|t| format!(" (Ultralytics task={t})")).unwrap_or_default()
         )),
     }
 }
 
 /// Boxes, scores, classes, count by shape: `[1,K,4]`, two `[1,K]`, `[1]`.
 fn ssd_by_shape(outs: &[TensorInfo]) -> Option<OutputRoles> {
-    let boxes = outs
-        .iter()
-        .position(|o| matches!(o.shape.as_slice(), [1, _, 4]))?;
+    let boxes = outs.iter().position(|o| matches!(o.shape.as_slice(), [1, _, 4]))?;
     let count = outs.iter().position(|o| o.shape.len() == 1)?;
-    let pairs: Vec<usize> = (0..outs.len())
-        .filter(|&i| outs[i].shape.len() == 2)
-        .collect();
+    let pairs: Vec<usize> = (0..outs.len()).filter(|&i| outs[i].shape.len() == 2).collect();
     let [scores, classes] = pairs.as_slice() else {
         return None;
     };
     // Scores are float; classes often are too, so names break the tie when they can.
-    let (scores, classes) = if outs[*classes].name.contains("score") {
-        (*classes, *scores)
-    } else {
-        (*scores, *classes)
-    };
+    let (scores, classes) =
+        if outs[*classes].name.contains("score") { (*classes, *scores) } else { (*scores, *classes) };
     Some(vec![Some(boxes), Some(scores), Some(classes), Some(count)])
 }
 
@@ -238,22 +199,13 @@ fn roles_for(kind: DecoderKind, outs: &[TensorInfo]) -> Result<OutputRoles, Stri
     let by_name = |names: &[&str]| output_named(outs, names).map(|(i, _)| i);
     let need = |names: &[&str], role: &str| {
         by_name(names).ok_or_else(|| {
-            format!(
-                "the {kind} decoder needs an output named {} (role {role})",
-                names.join(" or ")
-            )
+            format!("the {kind} decoder needs an output named {} (role {role})", names.join(" or "))
         })
     };
     Ok(match kind {
-        DecoderKind::YoloV8
-        | DecoderKind::YoloV5
-        | DecoderKind::End2End
-        | DecoderKind::Classify => {
+        DecoderKind::YoloV8 | DecoderKind::YoloV5 | DecoderKind::End2End | DecoderKind::Classify => {
             if outs.len() != 1 {
-                return Err(format!(
-                    "the {kind} decoder needs exactly one output, found {}",
-                    outs.len()
-                ));
+                return Err(format!("the {kind} decoder needs exactly one output, found {}", outs.len()));
             }
             vec![Some(0)]
         }
@@ -265,9 +217,8 @@ fn roles_for(kind: DecoderKind, outs: &[TensorInfo]) -> Result<OutputRoles, Stri
             by_name(&["num_detections"]),
         ) {
             (Some(b), Some(s), Some(c), Some(n)) => vec![Some(b), Some(s), Some(c), Some(n)],
-            _ => ssd_by_shape(outs).ok_or(
-                "the ssd decoder needs boxes [1,K,4], scores [1,K], classes [1,K] and count [1]",
-            )?,
+            _ => ssd_by_shape(outs)
+                .ok_or("the ssd decoder needs boxes [1,K,4], scores [1,K], classes [1,K] and count [1]")?,
         },
         DecoderKind::CustomVisionS1 => vec![
             Some(need(&["detected_boxes"], "boxes")?),
@@ -288,14 +239,7 @@ fn classes_in_output(
     outs: &[TensorInfo],
     roles: &OutputRoles,
 ) -> Result<Option<usize>, String> {
-    let shape = |i: usize| {
-        roles
-            .get(i)
-            .copied()
-            .flatten()
-            .map(|o| outs[o].shape.as_slice())
-            .unwrap_or(&[])
-    };
+    let shape = |i: usize| roles.get(i).copied().flatten().map(|o| outs[o].shape.as_slice()).unwrap_or(&[]);
     let known = |v: i64| (v > 0).then_some(v as usize);
     Ok(match (kind, shape(0)) {
         (DecoderKind::YoloV8, [_, rows, _]) => known(*rows).map(|r| r - 4),
@@ -304,22 +248,15 @@ fn classes_in_output(
         (DecoderKind::CustomVision, [_, ch, _, _]) => {
             let ch = known(*ch).ok_or("model_outputs0 has a dynamic channel count")?;
             if ch % 5 != 0 || ch / 5 < 6 {
-                return Err(format!(
-                    "model_outputs0 has {ch} channels, not 5 anchors x (5 + C)"
-                ));
+                return Err(format!("model_outputs0 has {ch} channels, not 5 anchors x (5 + C)"));
             }
             Some(ch / 5 - 5)
         }
         (
-            DecoderKind::YoloV8
-            | DecoderKind::YoloV5
-            | DecoderKind::Classify
-            | DecoderKind::CustomVision,
+            DecoderKind::YoloV8 | DecoderKind::YoloV5 | DecoderKind::Classify | DecoderKind::CustomVision,
             s,
         ) => {
-            return Err(format!(
-                "the {kind} decoder cannot read an output shaped {s:?}"
-            ));
+            return Err(format!("the {kind} decoder cannot read an output shaped {s:?}"));
         }
         _ => None,
     })
@@ -330,18 +267,11 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
     let (decoder, decoder_reason) = choose_decoder(f, o)?;
     let roles = roles_for(decoder, &f.outputs)?;
     let classes = classes_in_output(decoder, &f.outputs, &roles)?;
-    let m = f
-        .manifest
-        .as_ref()
-        .map(|(_, m)| m.clone())
-        .unwrap_or_default();
+    let m = f.manifest.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
 
     // The image input.
     let [input] = f.inputs.as_slice() else {
-        return Err(format!(
-            "expected one image input, found {}",
-            f.inputs.len()
-        ));
+        return Err(format!("expected one image input, found {}", f.inputs.len()));
     };
     let s = &input.shape;
     if s.len() != 4 {
@@ -377,10 +307,7 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
         }
     };
     let dynamic = h <= 0 || w <= 0;
-    let yolo = matches!(
-        decoder,
-        DecoderKind::YoloV8 | DecoderKind::YoloV5 | DecoderKind::End2End
-    );
+    let yolo = matches!(decoder, DecoderKind::YoloV8 | DecoderKind::YoloV5 | DecoderKind::End2End);
     let resize = m.resize.unwrap_or(match decoder {
         _ if yolo => ResizeMode::Letterbox,
         DecoderKind::Ssd if dynamic => ResizeMode::None,
@@ -403,18 +330,9 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
         ));
     };
     // Custom Vision says its pixel conventions in metadata.
-    let cv_bgr = f
-        .metadata
-        .get("Image.BitmapPixelFormat")
-        .map(|v| v.eq_ignore_ascii_case("Bgr8"));
-    let cv_raw = f
-        .metadata
-        .get("Image.NominalPixelRange")
-        .map(|v| v.contains("0_255"));
-    let custom_vision = matches!(
-        decoder,
-        DecoderKind::CustomVision | DecoderKind::CustomVisionS1
-    );
+    let cv_bgr = f.metadata.get("Image.BitmapPixelFormat").map(|v| v.eq_ignore_ascii_case("Bgr8"));
+    let cv_raw = f.metadata.get("Image.NominalPixelRange").map(|v| v.contains("0_255"));
+    let custom_vision = matches!(decoder, DecoderKind::CustomVision | DecoderKind::CustomVisionS1);
     let color = m.color.unwrap_or(match (cv_bgr, decoder) {
         (Some(true), _) => ColorOrder::Bgr,
         (Some(false), _) => ColorOrder::Rgb,
@@ -443,10 +361,9 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
 
     // Labels.
     let meta_names = match f.metadata.get("names") {
-        Some(n) => Some(
-            parse_python_names(n)
-                .map_err(|e| format!("its `names` metadata cannot be read ({e})"))?,
-        ),
+        Some(n) => {
+            Some(parse_python_names(n).map_err(|e| format!("its `names` metadata cannot be read ({e})"))?)
+        }
         None => None,
     };
     let (labels, labels_source) = if let Some(l) = m.labels.clone() {
@@ -456,10 +373,7 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
     } else if let Some((p, l)) = &f.labels_txt {
         (l.clone(), p.display().to_string())
     } else if let Some(c) = classes {
-        (
-            (0..c).map(|i| format!("class{i}")).collect(),
-            "none found: numbered".to_string(),
-        )
+        ((0..c).map(|i| format!("class{i}")).collect(), "none found: numbered".to_string())
     } else {
         (Vec::new(), "none found: numbered".to_string())
     };
@@ -475,15 +389,9 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
     // Thresholds: config, then manifest, then the family's defaults.
     let cv = decoder == DecoderKind::CustomVision;
     let thresholds = Thresholds {
-        confidence: o
-            .confidence
-            .or(m.confidence)
-            .unwrap_or(if cv { 0.1 } else { 0.25 }),
+        confidence: o.confidence.or(m.confidence).unwrap_or(if cv { 0.1 } else { 0.25 }),
         iou: o.iou.or(m.iou).unwrap_or(if cv { 0.45 } else { 0.7 }),
-        max_detections: o
-            .max_detections
-            .or(m.max_detections)
-            .unwrap_or(if cv { 20 } else { 300 }),
+        max_detections: o.max_detections.or(m.max_detections).unwrap_or(if cv { 20 } else { 300 }),
         class_agnostic: o.class_agnostic.or(m.class_agnostic).unwrap_or(false),
         class_confidence: {
             let mut c = m.class_confidence.clone().unwrap_or_default();
@@ -501,9 +409,7 @@ pub fn plan(f: &ModelFacts, o: &Overrides) -> Result<ModelPlan, String> {
             ));
         }
         if !(0.0..=1.0).contains(v) {
-            return Err(format!(
-                "class_confidence for {label:?} is {v}; it must be between 0 and 1"
-            ));
+            return Err(format!("class_confidence for {label:?} is {v}; it must be between 0 and 1"));
         }
     }
     let names = decoder.roles();
@@ -531,25 +437,14 @@ mod tests {
     use super::*;
 
     fn t(name: &str, dtype: &str, shape: &[i64]) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            dtype: dtype.into(),
-            shape: shape.to_vec(),
-        }
+        TensorInfo { name: name.into(), dtype: dtype.into(), shape: shape.to_vec() }
     }
 
-    fn facts(
-        inputs: Vec<TensorInfo>,
-        outputs: Vec<TensorInfo>,
-        meta: &[(&str, &str)],
-    ) -> ModelFacts {
+    fn facts(inputs: Vec<TensorInfo>, outputs: Vec<TensorInfo>, meta: &[(&str, &str)]) -> ModelFacts {
         ModelFacts {
             inputs,
             outputs,
-            metadata: meta
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             manifest: None,
             labels_txt: None,
         }
@@ -565,29 +460,13 @@ mod tests {
 
     #[test]
     fn tells_the_yolo_layouts_apart_by_shape() {
-        let v8 = facts(
-            vec![img()],
-            vec![t("output0", "float32", &[1, 84, 8400])],
-            &[],
-        );
+        let v8 = facts(vec![img()], vec![t("output0", "float32", &[1, 84, 8400])], &[]);
         assert_eq!(decoder_of(&v8), Ok(DecoderKind::YoloV8));
-        let v5 = facts(
-            vec![img()],
-            vec![t("output0", "float32", &[1, 25200, 85])],
-            &[],
-        );
+        let v5 = facts(vec![img()], vec![t("output0", "float32", &[1, 25200, 85])], &[]);
         assert_eq!(decoder_of(&v5), Ok(DecoderKind::YoloV5));
-        let e2e = facts(
-            vec![img()],
-            vec![t("output0", "float32", &[1, 300, 6])],
-            &[("end2end", "True")],
-        );
+        let e2e = facts(vec![img()], vec![t("output0", "float32", &[1, 300, 6])], &[("end2end", "True")]);
         assert_eq!(decoder_of(&e2e), Ok(DecoderKind::End2End));
-        let e2e_plain = facts(
-            vec![img()],
-            vec![t("output0", "float32", &[1, 300, 6])],
-            &[],
-        );
+        let e2e_plain = facts(vec![img()], vec![t("output0", "float32", &[1, 300, 6])], &[]);
         assert_eq!(decoder_of(&e2e_plain), Ok(DecoderKind::End2End));
         let cls = facts(
             vec![t("images", "float32", &[1, 3, 224, 224])],
@@ -610,10 +489,7 @@ mod tests {
     fn recognises_families_by_output_names() {
         let anomalib = facts(
             vec![t("input", "float32", &[1, 3, 256, 256])],
-            vec![
-                t("pred_score", "float32", &[1]),
-                t("anomaly_map", "float32", &[1, 1, 256, 256]),
-            ],
+            vec![t("pred_score", "float32", &[1]), t("anomaly_map", "float32", &[1, 1, 256, 256])],
             &[],
         );
         let p = plan(&anomalib, &Overrides::default()).expect("plan");
@@ -622,29 +498,14 @@ mod tests {
         let cv = facts(
             vec![t("data", "float32", &[1, 3, 416, 416])],
             vec![t("model_outputs0", "float32", &[1, 35, 13, 13])],
-            &[
-                ("Image.BitmapPixelFormat", "Bgr8"),
-                ("Image.NominalPixelRange", "NominalRange_0_255"),
-            ],
+            &[("Image.BitmapPixelFormat", "Bgr8"), ("Image.NominalPixelRange", "NominalRange_0_255")],
         );
         let p = plan(&cv, &Overrides::default()).expect("plan");
         assert_eq!(
             (p.decoder, p.classes, p.input.color, p.input.scale),
-            (
-                DecoderKind::CustomVision,
-                Some(2),
-                ColorOrder::Bgr,
-                PixelScale::Raw
-            )
+            (DecoderKind::CustomVision, Some(2), ColorOrder::Bgr, PixelScale::Raw)
         );
-        assert_eq!(
-            (
-                p.thresholds.confidence,
-                p.thresholds.iou,
-                p.thresholds.max_detections
-            ),
-            (0.1, 0.45, 20)
-        );
+        assert_eq!((p.thresholds.confidence, p.thresholds.iou, p.thresholds.max_detections), (0.1, 0.45, 20));
         let ssd = facts(
             vec![t("input_tensor", "uint8", &[1, -1, -1, 3])],
             vec![
@@ -674,10 +535,7 @@ mod tests {
             &[],
         );
         let e = decoder_of(&rank3).unwrap_err();
-        assert!(
-            e.contains("wrong input rank") && e.contains("[1, 3, 640]"),
-            "{e}"
-        );
+        assert!(e.contains("wrong input rank") && e.contains("[1, 3, 640]"), "{e}");
         let labels = facts(
             vec![img()],
             vec![t("output0", "float32", &[1, 7, 8400])],
@@ -702,25 +560,11 @@ mod tests {
         );
         f.manifest = Some((
             PathBuf::from("m.manifest.toml"),
-            Manifest {
-                confidence: Some(0.4),
-                iou: Some(0.5),
-                ..Manifest::default()
-            },
+            Manifest { confidence: Some(0.4), iou: Some(0.5), ..Manifest::default() },
         ));
-        let o = Overrides {
-            confidence: Some(0.6),
-            ..Overrides::default()
-        };
+        let o = Overrides { confidence: Some(0.6), ..Overrides::default() };
         let p = plan(&f, &o).expect("plan");
-        assert_eq!(
-            (
-                p.thresholds.confidence,
-                p.thresholds.iou,
-                p.thresholds.max_detections
-            ),
-            (0.6, 0.5, 300)
-        );
+        assert_eq!((p.thresholds.confidence, p.thresholds.iou, p.thresholds.max_detections), (0.6, 0.5, 300));
         let mut o = Overrides::default();
         o.class_confidence.insert("b".into(), 0.1);
         let p = plan(&f, &o).expect("plan");

@@ -38,16 +38,8 @@ pub struct InputPlan {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Geometry {
     Letterbox(Letterbox),
-    Stretch {
-        frame_w: u32,
-        frame_h: u32,
-        in_w: u32,
-        in_h: u32,
-    },
-    Identity {
-        frame_w: u32,
-        frame_h: u32,
-    },
+    Stretch { frame_w: u32, frame_h: u32, in_w: u32, in_h: u32 },
+    Identity { frame_w: u32, frame_h: u32 },
 }
 
 impl Geometry {
@@ -62,10 +54,9 @@ impl Geometry {
     pub fn frame_size(&self) -> (u32, u32) {
         match *self {
             Geometry::Letterbox(lb) => (lb.src_w, lb.src_h),
-            Geometry::Stretch {
-                frame_w, frame_h, ..
+            Geometry::Stretch { frame_w, frame_h, .. } | Geometry::Identity { frame_w, frame_h } => {
+                (frame_w, frame_h)
             }
-            | Geometry::Identity { frame_w, frame_h } => (frame_w, frame_h),
         }
     }
 
@@ -73,18 +64,10 @@ impl Geometry {
     pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
         match *self {
             Geometry::Letterbox(lb) => lb.to_source(x, y),
-            Geometry::Stretch {
-                frame_w,
-                frame_h,
-                in_w,
-                in_h,
-            } => {
+            Geometry::Stretch { frame_w, frame_h, in_w, in_h } => {
                 let fx = f64::from(x) * f64::from(frame_w) / f64::from(in_w);
                 let fy = f64::from(y) * f64::from(frame_h) / f64::from(in_h);
-                (
-                    fx.clamp(0.0, f64::from(frame_w)) as f32,
-                    fy.clamp(0.0, f64::from(frame_h)) as f32,
-                )
+                (fx.clamp(0.0, f64::from(frame_w)) as f32, fy.clamp(0.0, f64::from(frame_h)) as f32)
             }
             Geometry::Identity { frame_w, frame_h } => {
                 (x.clamp(0.0, frame_w as f32), y.clamp(0.0, frame_h as f32))
@@ -95,10 +78,7 @@ impl Geometry {
     /// A point normalised to 0..1 of the frame, to frame pixels, clipped.
     pub fn normalised_to_frame(&self, x: f32, y: f32) -> (f32, f32) {
         let (w, h) = self.frame_size();
-        (
-            (x * w as f32).clamp(0.0, w as f32),
-            (y * h as f32).clamp(0.0, h as f32),
-        )
+        ((x * w as f32).clamp(0.0, w as f32), (y * h as f32).clamp(0.0, h as f32))
     }
 }
 
@@ -134,27 +114,12 @@ impl InputPlan {
     pub(crate) fn fill(&self, img: &ImageView<'_>, buf: &mut InputBuffers) -> Geometry {
         let (in_w, in_h) = self.input_size_for(img.width, img.height);
         let geometry = match self.resize {
-            _ if (in_w, in_h) == (img.width, img.height)
-                && self.resize != ResizeMode::Letterbox =>
-            {
-                Geometry::Identity {
-                    frame_w: img.width,
-                    frame_h: img.height,
-                }
+            _ if (in_w, in_h) == (img.width, img.height) && self.resize != ResizeMode::Letterbox => {
+                Geometry::Identity { frame_w: img.width, frame_h: img.height }
             }
-            ResizeMode::Letterbox => {
-                Geometry::Letterbox(Letterbox::new(img.width, img.height, in_w, in_h))
-            }
-            ResizeMode::Stretch => Geometry::Stretch {
-                frame_w: img.width,
-                frame_h: img.height,
-                in_w,
-                in_h,
-            },
-            ResizeMode::None => Geometry::Identity {
-                frame_w: img.width,
-                frame_h: img.height,
-            },
+            ResizeMode::Letterbox => Geometry::Letterbox(Letterbox::new(img.width, img.height, in_w, in_h)),
+            ResizeMode::Stretch => Geometry::Stretch { frame_w: img.width, frame_h: img.height, in_w, in_h },
+            ResizeMode::None => Geometry::Identity { frame_w: img.width, frame_h: img.height },
         };
         // Where the resized image sits in the canvas and how big it is.
         let (left, top, new_w, new_h) = match geometry {
@@ -163,27 +128,16 @@ impl InputPlan {
         };
         let n = 3 * in_w as usize * in_h as usize;
         let swap = self.color == ColorOrder::Bgr;
-        let sink = Sink {
-            layout: self.layout,
-            w: in_w as usize,
-            h: in_h as usize,
-            swap,
-        };
+        let sink = Sink { layout: self.layout, w: in_w as usize, h: in_h as usize, swap };
         match self.dtype {
             InputType::Uint8 => {
                 buf.u8.resize(n, 0);
                 let out = &mut buf.u8[..];
                 let px = [self.pad_value; 3];
                 sink.pad(out, left, top, new_w, new_h, px);
-                resize_rows(
-                    img,
-                    new_w as usize,
-                    new_h as usize,
-                    &mut buf.resize,
-                    |y, row| {
-                        sink.row(out, left as usize, top as usize + y, row, |_, v| v);
-                    },
-                );
+                resize_rows(img, new_w as usize, new_h as usize, &mut buf.resize, |y, row| {
+                    sink.row(out, left as usize, top as usize + y, row, |_, v| v);
+                });
             }
             InputType::Float32 | InputType::Float16 => {
                 let norm = self.normaliser();
@@ -191,21 +145,12 @@ impl InputPlan {
                 buf.f32.resize(n, 0.0);
                 let out = &mut buf.f32[..];
                 sink.pad(out, left, top, new_w, new_h, pad);
-                resize_rows(
-                    img,
-                    new_w as usize,
-                    new_h as usize,
-                    &mut buf.resize,
-                    |y, row| {
-                        sink.row(out, left as usize, top as usize + y, row, |c, v| {
-                            norm.apply(c, v)
-                        });
-                    },
-                );
+                resize_rows(img, new_w as usize, new_h as usize, &mut buf.resize, |y, row| {
+                    sink.row(out, left as usize, top as usize + y, row, |c, v| norm.apply(c, v));
+                });
                 if self.dtype == InputType::Float16 {
                     buf.f16.clear();
-                    buf.f16
-                        .extend(buf.f32.iter().map(|&v| half::f16::from_f32(v)));
+                    buf.f16.extend(buf.f32.iter().map(|&v| half::f16::from_f32(v)));
                 }
             }
         }
@@ -240,11 +185,7 @@ impl Normaliser {
     #[inline(always)]
     fn apply(&self, c: usize, v: u8) -> f32 {
         let x = f32::from(v) / self.divisor;
-        if self.identity {
-            x
-        } else {
-            (x - self.mean[c]) / self.std[c]
-        }
+        if self.identity { x } else { (x - self.mean[c]) / self.std[c] }
     }
 }
 
@@ -306,14 +247,7 @@ impl Sink {
 
     /// Writes one packed RGB row at (left, y), converting each byte with `f`.
     #[inline]
-    fn row<T: Copy>(
-        &self,
-        out: &mut [T],
-        left: usize,
-        y: usize,
-        row: &[u8],
-        f: impl Fn(usize, u8) -> T,
-    ) {
+    fn row<T: Copy>(&self, out: &mut [T], left: usize, y: usize, row: &[u8], f: impl Fn(usize, u8) -> T) {
         let n = row.len() / 3;
         match self.layout {
             Layout::Nchw => {
@@ -376,20 +310,8 @@ mod tests {
         let img = ImageView::new(&data, 4, 2, 12).expect("view");
         let mut a = InputBuffers::default();
         let mut b = InputBuffers::default();
-        plan(
-            Layout::Nchw,
-            InputType::Uint8,
-            ResizeMode::Letterbox,
-            ColorOrder::Rgb,
-        )
-        .fill(&img, &mut a);
-        plan(
-            Layout::Nhwc,
-            InputType::Uint8,
-            ResizeMode::Letterbox,
-            ColorOrder::Rgb,
-        )
-        .fill(&img, &mut b);
+        plan(Layout::Nchw, InputType::Uint8, ResizeMode::Letterbox, ColorOrder::Rgb).fill(&img, &mut a);
+        plan(Layout::Nhwc, InputType::Uint8, ResizeMode::Letterbox, ColorOrder::Rgb).fill(&img, &mut b);
         // Rows 0 and 3 are padding, rows 1-2 hold the image.
         for y in 0..4 {
             for x in 0..4 {
@@ -397,11 +319,7 @@ mod tests {
                     let nchw = a.u8[c * 16 + y * 4 + x];
                     let nhwc = b.u8[(y * 4 + x) * 3 + c];
                     assert_eq!(nchw, nhwc);
-                    let want = if y == 0 || y == 3 {
-                        114
-                    } else {
-                        data[((y - 1) * 4 + x) * 3 + c]
-                    };
+                    let want = if y == 0 || y == 3 { 114 } else { data[((y - 1) * 4 + x) * 3 + c] };
                     assert_eq!(nchw, want, "({x},{y}) channel {c}");
                 }
             }
@@ -412,12 +330,7 @@ mod tests {
     fn swaps_to_bgr_and_normalises_with_mean_and_std() {
         let data = image();
         let img = ImageView::new(&data, 4, 2, 12).expect("view");
-        let mut p = plan(
-            Layout::Nchw,
-            InputType::Float32,
-            ResizeMode::Stretch,
-            ColorOrder::Bgr,
-        );
+        let mut p = plan(Layout::Nchw, InputType::Float32, ResizeMode::Stretch, ColorOrder::Bgr);
         p.size = Some((4, 2));
         p.mean = [0.485, 0.456, 0.406];
         p.std = [0.229, 0.224, 0.225];
@@ -437,13 +350,7 @@ mod tests {
         let data = vec![255u8; 4 * 2 * 3];
         let img = ImageView::new(&data, 4, 2, 12).expect("view");
         let mut buf = InputBuffers::default();
-        plan(
-            Layout::Nchw,
-            InputType::Float16,
-            ResizeMode::Letterbox,
-            ColorOrder::Rgb,
-        )
-        .fill(&img, &mut buf);
+        plan(Layout::Nchw, InputType::Float16, ResizeMode::Letterbox, ColorOrder::Rgb).fill(&img, &mut buf);
         assert_eq!(buf.f16.len(), 48);
         assert_eq!(buf.f16[4 + 1].to_f32(), 1.0);
         assert_eq!(buf.f16[0], half::f16::from_f32(114.0 / 255.0));
@@ -451,18 +358,10 @@ mod tests {
 
     #[test]
     fn maps_points_back_for_each_geometry() {
-        let g = Geometry::Stretch {
-            frame_w: 1000,
-            frame_h: 500,
-            in_w: 100,
-            in_h: 100,
-        };
+        let g = Geometry::Stretch { frame_w: 1000, frame_h: 500, in_w: 100, in_h: 100 };
         assert_eq!(g.to_frame(50.0, 50.0), (500.0, 250.0));
         assert_eq!(g.to_frame(200.0, -3.0), (1000.0, 0.0));
-        let g = Geometry::Identity {
-            frame_w: 10,
-            frame_h: 10,
-        };
+        let g = Geometry::Identity { frame_w: 10, frame_h: 10 };
         assert_eq!(g.normalised_to_frame(0.5, 1.2), (5.0, 10.0));
     }
 }

@@ -50,23 +50,15 @@ fn dispatch(
     match provider {
         Provider::Cpu => Ok(None),
         #[cfg(feature = "cuda")]
-        Provider::Cuda => Ok(Some(
-            ort::ep::CUDA::default()
-                .with_device_id(device_id)
-                .build()
-                .error_on_failure(),
-        )),
+        Provider::Cuda => {
+            Ok(Some(ort::ep::CUDA::default().with_device_id(device_id).build().error_on_failure()))
+        }
         #[cfg(feature = "tensorrt")]
-        Provider::Tensorrt => Ok(Some(
-            ort::ep::TensorRT::default()
-                .with_device_id(device_id)
-                .build()
-                .error_on_failure(),
-        )),
+        Provider::Tensorrt => {
+            Ok(Some(ort::ep::TensorRT::default().with_device_id(device_id).build().error_on_failure()))
+        }
         #[cfg(feature = "openvino")]
-        Provider::Openvino => Ok(Some(
-            ort::ep::OpenVINO::default().build().error_on_failure(),
-        )),
+        Provider::Openvino => Ok(Some(ort::ep::OpenVINO::default().build().error_on_failure())),
         #[allow(unreachable_patterns)]
         other => {
             let feature = format!("{other:?}").to_lowercase();

@@ -34,10 +34,7 @@ pub fn candidates() -> Vec<PathBuf> {
         return vec![PathBuf::from(p)];
     }
     let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         out.push(dir.join("libonnxruntime.so"));
     }
     if let Some(baked) = option_env!("VIGIL_ORT_DYLIB") {
@@ -55,21 +52,16 @@ pub fn init() -> Result<RuntimeInfo, InferenceError> {
             let candidates = candidates();
             let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
                 let path = candidates.first().cloned().unwrap_or_default();
-                let searched: Vec<String> =
-                    candidates.iter().map(|p| p.display().to_string()).collect();
+                let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
                 return Err(InferenceError::RuntimeMissing {
                     path,
                     reason: format!("no such file (searched {})", searched.join(", ")),
                 });
             };
-            let builder = ort::init_from(&path).map_err(|e| InferenceError::RuntimeMissing {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let env = builder
-                .with_name("vigil")
-                .build()
-                .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+            let builder = ort::init_from(&path)
+                .map_err(|e| InferenceError::RuntimeMissing { path: path.clone(), reason: e.to_string() })?;
+            let env =
+                builder.with_name("vigil").build().map_err(|e| InferenceError::Runtime(e.to_string()))?;
             let _ = ENVIRONMENT.set(env);
             tracing::debug!(library = %path.display(), "ONNX Runtime loaded");
             Ok(RuntimeInfo { library: path })
@@ -79,7 +71,5 @@ pub fn init() -> Result<RuntimeInfo, InferenceError> {
 
 pub(crate) fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
     init()?;
-    ENVIRONMENT
-        .get()
-        .ok_or_else(|| InferenceError::Runtime("environment missing after init".into()))
+    ENVIRONMENT.get().ok_or_else(|| InferenceError::Runtime("environment missing after init".into()))
 }

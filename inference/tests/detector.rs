@@ -16,10 +16,7 @@ fn disk_image(w: usize, h: usize, pad: usize, disks: &[(f32, f32, f32)]) -> Vec<
     for y in 0..h {
         for x in 0..w {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-            if disks
-                .iter()
-                .any(|&(cx, cy, r)| (px - cx).powi(2) + (py - cy).powi(2) <= r * r)
-            {
+            if disks.iter().any(|&(cx, cy, r)| (px - cx).powi(2) + (py - cy).powi(2) <= r * r) {
                 img[y * stride + x * 3..y * stride + x * 3 + 3].fill(255);
             }
         }
@@ -60,11 +57,7 @@ fn finds_the_ball_where_it_is_in_non_square_images_within_one_pixel() {
             let (cx, cy) = (fx * w as f32, fy * h as f32);
             let img = disk_image(w, h, pad, &[(cx, cy, r)]);
             let view = ImageView::new(&img, w as u32, h as u32, w * 3 + pad).expect("view");
-            let dets = det
-                .detect(&view, &mut scratch)
-                .expect("detect")
-                .0
-                .detections;
+            let dets = det.detect(&view, &mut scratch).expect("detect").0.detections;
             assert_eq!(dets.len(), 1, "{w}x{h} ball at {cx},{cy}: {dets:?}");
             let (bx, by) = dets[0].bbox.center();
             assert!(
@@ -72,11 +65,7 @@ fn finds_the_ball_where_it_is_in_non_square_images_within_one_pixel() {
                 "{w}x{h}: ball at ({cx}, {cy}), box centre ({bx}, {by})"
             );
             let bw = dets[0].bbox.x2 - dets[0].bbox.x1;
-            assert!(
-                (bw - 2.0 * r).abs() <= 2.0 / gain,
-                "{w}x{h}: box width {bw}, ball {}",
-                2.0 * r
-            );
+            assert!((bw - 2.0 * r).abs() <= 2.0 / gain, "{w}x{h}: box width {bw}, ball {}", 2.0 * r);
         }
     }
 }
@@ -87,19 +76,11 @@ fn finds_two_balls_and_nothing_in_an_empty_frame() {
     let mut scratch = Scratch::default();
     let img = disk_image(640, 480, 0, &[(100.0, 100.0, 20.0), (500.0, 300.0, 20.0)]);
     let view = ImageView::new(&img, 640, 480, 640 * 3).expect("view");
-    let dets = det
-        .detect(&view, &mut scratch)
-        .expect("detect")
-        .0
-        .detections;
+    let dets = det.detect(&view, &mut scratch).expect("detect").0.detections;
     assert_eq!(dets.len(), 2, "{dets:?}");
     let empty = vec![0u8; 640 * 480 * 3];
     let view = ImageView::new(&empty, 640, 480, 640 * 3).expect("view");
-    let dets = det
-        .detect(&view, &mut scratch)
-        .expect("detect")
-        .0
-        .detections;
+    let dets = det.detect(&view, &mut scratch).expect("detect").0.detections;
     assert!(dets.is_empty(), "{dets:?}");
 }
 
@@ -110,23 +91,14 @@ fn refuses_files_that_are_not_models_with_a_clear_message() {
     std::fs::write(&junk, b"this is not a model").expect("write");
     let err = Detector::load("junk", &junk, options()).expect_err("junk must not load");
     assert!(matches!(err, InferenceError::ModelLoad { .. }), "{err}");
-    assert!(
-        err.to_string().contains("not a .pt file, not truncated"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("not a .pt file, not truncated"), "{err}");
 
     let truncated = dir.path().join("truncated.onnx");
     let bytes = std::fs::read(ball_model()).expect("read");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    assert!(matches!(
-        Detector::load("t", &truncated, options()),
-        Err(InferenceError::ModelLoad { .. })
-    ));
+    assert!(matches!(Detector::load("t", &truncated, options()), Err(InferenceError::ModelLoad { .. })));
 
     let missing = dir.path().join("missing.onnx");
     let err = Detector::load("m", &missing, options()).expect_err("missing");
-    assert!(
-        matches!(err, InferenceError::ModelUnreadable { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, InferenceError::ModelUnreadable { .. }), "{err}");
 }

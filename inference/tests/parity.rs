@@ -9,11 +9,7 @@ use vigil_inference::{ImageView, resize_bilinear_cv};
 fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let py = root.join(".deps/venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} missing: run deploy/bootstrap.sh",
-        py.display()
-    );
+    assert!(py.is_file(), "{} missing: run deploy/bootstrap.sh", py.display());
     py
 }
 
@@ -21,19 +17,12 @@ fn python() -> PathBuf {
 fn resize_matches_cv2_inter_linear_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cv2_resize_ref.py");
-    let status = Command::new(python())
-        .arg(&script)
-        .arg(dir.path())
-        .status()
-        .expect("run python");
+    let status = Command::new(python()).arg(&script).arg(dir.path()).status().expect("run python");
     assert!(status.success(), "reference script failed");
     let cases = std::fs::read_to_string(dir.path().join("cases.txt")).expect("cases");
     let mut checked = 0;
     for (i, line) in cases.lines().enumerate() {
-        let n: Vec<usize> = line
-            .split_whitespace()
-            .map(|t| t.parse().expect("number"))
-            .collect();
+        let n: Vec<usize> = line.split_whitespace().map(|t| t.parse().expect("number")).collect();
         let (sw, sh, dw, dh) = (n[0], n[1], n[2], n[3]);
         let src = std::fs::read(dir.path().join(format!("case_{i}.src"))).expect("src");
         let want = std::fs::read(dir.path().join(format!("case_{i}.dst"))).expect("dst");

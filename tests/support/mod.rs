@@ -16,10 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repo root")
 }
 
 pub fn vigil_bin() -> PathBuf {
@@ -32,21 +29,14 @@ pub fn ball_model() -> PathBuf {
 
 /// A free TCP port on loopback (the OS picks it; the listener closes at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Polls `cond` every 50 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -65,11 +55,7 @@ impl Mosquitto {
 
     pub fn start_on(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut m = Mosquitto {
-            port,
-            child: None,
-            dir,
-        };
+        let mut m = Mosquitto { port, child: None, dir };
         m.restart();
         m
     }
@@ -80,10 +66,7 @@ impl Mosquitto {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
-            ),
+            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port),
         )
         .expect("write mosquitto.conf");
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
@@ -127,16 +110,11 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, topic: &str) -> Subscriber {
-        let id = format!(
-            "test-sub-{}",
-            std::process::id() as u64 * 1000 + u64::from(free_port())
-        );
+        let id = format!("test-sub-{}", std::process::id() as u64 * 1000 + u64::from(free_port()));
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut conn) = rumqttc::Client::new(opts, 100);
-        client
-            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
-            .expect("subscribe");
+        client.subscribe(topic, rumqttc::QoS::AtLeastOnce).expect("subscribe");
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -155,9 +133,7 @@ impl Subscriber {
                 }
             }
         });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("subscription acknowledged");
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscription acknowledged");
         Subscriber { rx, client }
     }
 
@@ -179,10 +155,7 @@ impl Subscriber {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no {payload:?} on {topic} within {timeout:?}"
-            );
+            assert!(!left.is_zero(), "no {payload:?} on {topic} within {timeout:?}");
             if self.next_on(topic, left) == payload.as_bytes() {
                 return;
             }
@@ -237,12 +210,7 @@ impl Vigil {
                 panic!("vigil did not start within 60 s; stderr:\n{log}");
             }
         };
-        Vigil {
-            child,
-            web,
-            dir,
-            stderr_path,
-        }
+        Vigil { child, web, dir, stderr_path }
     }
 
     pub fn stderr(&self) -> String {
@@ -262,19 +230,13 @@ impl Vigil {
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "vigil did not exit within 15 s of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "vigil did not exit within 15 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -300,12 +262,7 @@ pub fn http_get(url: &str) -> (u16, String, Vec<u8>) {
         .into();
     let mut resp = agent.get(url).call().expect("HTTP request");
     let status = resp.status().as_u16();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body = resp.body_mut().read_to_vec().expect("body");
     (status, ctype, body)
 }

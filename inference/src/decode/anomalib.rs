@@ -17,19 +17,14 @@ pub(crate) fn decode(
     let (h, w) = match map.shape.as_slice() {
         [1, 1, h, w] | [1, h, w] => (*h as usize, *w as usize),
         sh => {
-            return Err(format!(
-                "anomaly_map must be [1, 1, H, W] or [1, H, W], got {sh:?}"
-            ));
+            return Err(format!("anomaly_map must be [1, 1, H, W] or [1, H, W], got {sh:?}"));
         }
     };
     let values = &map.data[..h * w];
     let on: Vec<bool> = match mask {
         Some(m) if m.data.len() >= h * w => m.data[..h * w].iter().map(|&v| v > 0.5).collect(),
         Some(m) => {
-            return Err(format!(
-                "pred_mask {:?} does not match anomaly_map {:?}",
-                m.shape, map.shape
-            ));
+            return Err(format!("pred_mask {:?} does not match anomaly_map {:?}", m.shape, map.shape));
         }
         None => values.iter().map(|&v| v > threshold).collect(),
     };
@@ -43,8 +38,7 @@ pub(crate) fn decode(
             continue;
         }
         // Flood fill one 8-connected component.
-        let (mut x0, mut y0, mut x1, mut y1, mut peak) =
-            (usize::MAX, usize::MAX, 0, 0, f32::NEG_INFINITY);
+        let (mut x0, mut y0, mut x1, mut y1, mut peak) = (usize::MAX, usize::MAX, 0, 0, f32::NEG_INFINITY);
         seen[start] = true;
         stack.push(start);
         while let Some(p) = stack.pop() {
@@ -82,11 +76,7 @@ pub(crate) fn decode(
     }
     regions.sort_by(|a, b| b.score.total_cmp(&a.score));
     dets.extend(regions);
-    Ok(Anomaly {
-        score: s,
-        threshold,
-        is_anomalous: s > threshold,
-    })
+    Ok(Anomaly { score: s, threshold, is_anomalous: s > threshold })
 }
 
 #[cfg(test)]
@@ -105,45 +95,16 @@ mod tests {
             0.0, 0.0, 0.0, 0.0, 0.95, 0.0,
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
         ];
-        let map = OutTensor {
-            shape: vec![1, 1, 4, 6],
-            data: Cow::Owned(map),
-        };
-        let score = OutTensor {
-            shape: vec![1],
-            data: Cow::Owned(vec![0.8]),
-        };
+        let map = OutTensor { shape: vec![1, 1, 4, 6], data: Cow::Owned(map) };
+        let score = OutTensor { shape: vec![1], data: Cow::Owned(vec![0.8]) };
         let mut dets = Vec::new();
         let a = decode(&score, &map, None, 0.5, (60, 40), &mut dets).expect("ok");
         assert!(a.is_anomalous);
         assert_eq!(dets.len(), 2);
         assert_eq!(dets[0].score, 0.95);
-        assert_eq!(
-            dets[0].bbox,
-            BBox {
-                x1: 40.0,
-                y1: 20.0,
-                x2: 50.0,
-                y2: 30.0
-            }
-        );
-        assert_eq!(
-            dets[1].bbox,
-            BBox {
-                x1: 0.0,
-                y1: 0.0,
-                x2: 20.0,
-                y2: 20.0
-            }
-        );
-        let ok = OutTensor {
-            shape: vec![1],
-            data: Cow::Owned(vec![0.3]),
-        };
-        assert!(
-            !decode(&ok, &map, None, 0.5, (60, 40), &mut Vec::new())
-                .expect("ok")
-                .is_anomalous
-        );
+        assert_eq!(dets[0].bbox, BBox { x1: 40.0, y1: 20.0, x2: 50.0, y2: 30.0 });
+        assert_eq!(dets[1].bbox, BBox { x1: 0.0, y1: 0.0, x2: 20.0, y2: 20.0 });
+        let ok = OutTensor { shape: vec![1], data: Cow::Owned(vec![0.3]) };
+        assert!(!decode(&ok, &map, None, 0.5, (60, 40), &mut Vec::new()).expect("ok").is_anomalous);
     }
 }

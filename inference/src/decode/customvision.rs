@@ -12,13 +12,7 @@ use super::{DecodeParams, OutTensor, det, sigmoid, softmax};
 use crate::Detection;
 
 /// Anchor sizes in grid cells.
-const ANCHORS: [(f32, f32); 5] = [
-    (0.573, 0.677),
-    (1.87, 2.06),
-    (3.34, 5.47),
-    (7.88, 3.53),
-    (9.77, 9.17),
-];
+const ANCHORS: [(f32, f32); 5] = [(0.573, 0.677), (1.87, 2.06), (3.34, 5.47), (7.88, 3.53), (9.77, 9.17)];
 
 pub(crate) fn decode(
     out: &OutTensor<'_>,
@@ -63,11 +57,12 @@ pub(crate) fn decode(
     }
 
     let argmax = |row: &[f32]| -> (f32, usize) {
-        row.iter()
-            .enumerate()
-            .fold((f32::NEG_INFINITY, 0), |(bv, bi), (i, &p)| {
+        row.iter().enumerate().fold(
+            (f32::NEG_INFINITY, 0),
+            |(bv, bi), (i, &p)| {
                 if p > bv { (p, i) } else { (bv, bi) }
-            })
+            },
+        )
     };
     let mut max_prob: Vec<f32> = Vec::with_capacity(n);
     let mut max_class: Vec<usize> = Vec::with_capacity(n);
@@ -93,15 +88,7 @@ pub(crate) fn decode(
         }
         let c = max_class[i];
         let b = boxes[i];
-        dets.push(det(
-            c as u32,
-            labels,
-            best,
-            b[0],
-            b[1],
-            b[0] + b[2],
-            b[1] + b[3],
-        ));
+        dets.push(det(c as u32, labels, best, b[0], b[1], b[0] + b[2], b[1] + b[3]));
         for k in 0..n {
             if k == i || iou(&b, &boxes[k]) > params.iou {
                 probs[k * classes + c] = 0.0;
@@ -136,18 +123,9 @@ mod tests {
         set(4, 10.0);
         set(5, 0.0);
         set(6, 3.0);
-        let out = OutTensor {
-            shape: vec![1, (5 * per) as i64, 13, 13],
-            data: Cow::Owned(data),
-        };
+        let out = OutTensor { shape: vec![1, (5 * per) as i64, 13, 13], data: Cow::Owned(data) };
         let labels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
-        let params = DecodeParams {
-            conf: 0.1,
-            iou: 0.45,
-            max_det: 20,
-            class_offset: 0,
-            threshold: 0.5,
-        };
+        let params = DecodeParams { conf: 0.1, iou: 0.45, max_det: 20, class_offset: 0, threshold: 0.5 };
         let mut dets = Vec::new();
         decode(&out, &params, &labels, &mut dets).expect("decode");
         assert_eq!(dets.len(), 1, "{dets:?}");

@@ -148,11 +148,8 @@ pub(crate) fn decode(
     scratch: &mut DecodeScratch,
     pred: &mut Prediction,
 ) -> Result<Coords, String> {
-    let need = |i: usize| {
-        outs.get(i)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| format!("output role {i} missing"))
-    };
+    let need =
+        |i: usize| outs.get(i).and_then(Option::as_ref).ok_or_else(|| format!("output role {i} missing"));
     let dets = &mut pred.detections;
     match kind {
         DecoderKind::YoloV8 => {
@@ -200,14 +197,7 @@ pub(crate) fn decode(
         }
         DecoderKind::Anomalib => {
             let mask = outs.get(2).and_then(Option::as_ref);
-            pred.anomaly = Some(anomalib::decode(
-                need(0)?,
-                need(1)?,
-                mask,
-                params.threshold,
-                frame,
-                dets,
-            )?);
+            pred.anomaly = Some(anomalib::decode(need(0)?, need(1)?, mask, params.threshold, frame, dets)?);
             Ok(Coords::Frame)
         }
     }
@@ -226,25 +216,9 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 }
 
 fn label(labels: &[Arc<str>], class_id: u32) -> Arc<str> {
-    labels
-        .get(class_id as usize)
-        .cloned()
-        .unwrap_or_else(|| Arc::from(format!("class{class_id}")))
+    labels.get(class_id as usize).cloned().unwrap_or_else(|| Arc::from(format!("class{class_id}")))
 }
 
-fn det(
-    class_id: u32,
-    labels: &[Arc<str>],
-    score: f32,
-    x1: f32,
-    y1: f32,
-    x2: f32,
-    y2: f32,
-) -> Detection {
-    Detection {
-        class_id,
-        label: label(labels, class_id),
-        score,
-        bbox: crate::BBox { x1, y1, x2, y2 },
-    }
+fn det(class_id: u32, labels: &[Arc<str>], score: f32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
+    Detection { class_id, label: label(labels, class_id), score, bbox: crate::BBox { x1, y1, x2, y2 } }
 }

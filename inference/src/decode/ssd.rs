@@ -23,9 +23,7 @@ fn rows(boxes: &OutTensor<'_>, others: &[&OutTensor<'_>]) -> Result<usize, Strin
 fn class_id(v: f32, offset: i64) -> Result<u32, String> {
     let id = v as i64 - offset;
     if v.fract() != 0.0 || id < 0 {
-        return Err(format!(
-            "class value {v} minus class_offset {offset} is not a class id"
-        ));
+        return Err(format!("class value {v} minus class_offset {offset} is not a class id"));
     }
     Ok(id as u32)
 }
@@ -42,10 +40,7 @@ pub(crate) fn decode_ssd(
     out: &mut Vec<Detection>,
 ) -> Result<(), String> {
     let k = rows(boxes, &[scores, classes])?;
-    let n = count
-        .data
-        .first()
-        .map_or(k, |&c| (c.max(0.0) as usize).min(k));
+    let n = count.data.first().map_or(k, |&c| (c.max(0.0) as usize).min(k));
     for i in 0..n {
         if out.len() >= params.max_det {
             break;
@@ -53,15 +48,7 @@ pub(crate) fn decode_ssd(
         let s = scores.data[i];
         if s > params.conf {
             let b = &boxes.data[i * 4..i * 4 + 4];
-            out.push(det(
-                class_id(classes.data[i], params.class_offset)?,
-                labels,
-                s,
-                b[1],
-                b[0],
-                b[3],
-                b[2],
-            ));
+            out.push(det(class_id(classes.data[i], params.class_offset)?, labels, s, b[1], b[0], b[3], b[2]));
         }
     }
     Ok(())
@@ -84,15 +71,7 @@ pub(crate) fn decode_s1(
         let s = scores.data[i];
         if s > params.conf {
             let b = &boxes.data[i * 4..i * 4 + 4];
-            out.push(det(
-                class_id(classes.data[i], 0)?,
-                labels,
-                s,
-                b[0],
-                b[1],
-                b[2],
-                b[3],
-            ));
+            out.push(det(class_id(classes.data[i], 0)?, labels, s, b[0], b[1], b[2], b[3]));
         }
     }
     Ok(())
@@ -106,66 +85,25 @@ mod tests {
     use crate::BBox;
 
     fn t(shape: &[i64], data: Vec<f32>) -> OutTensor<'static> {
-        OutTensor {
-            shape: shape.to_vec(),
-            data: Cow::Owned(data),
-        }
+        OutTensor { shape: shape.to_vec(), data: Cow::Owned(data) }
     }
 
     #[test]
     fn ssd_reads_yx_order_counts_and_one_based_classes() {
-        let boxes = t(
-            &[1, 3, 4],
-            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.9, 0.9, 0.0, 0.0, 1.0, 1.0],
-        );
+        let boxes = t(&[1, 3, 4], vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.9, 0.9, 0.0, 0.0, 1.0, 1.0]);
         let scores = t(&[1, 3], vec![0.9, 0.2, 0.8]);
         let classes = t(&[1, 3], vec![1.0, 2.0, 2.0]);
         let labels: Vec<Arc<str>> = vec!["person".into(), "car".into()];
-        let params = DecodeParams {
-            conf: 0.25,
-            iou: 0.5,
-            max_det: 100,
-            class_offset: 1,
-            threshold: 0.5,
-        };
+        let params = DecodeParams { conf: 0.25, iou: 0.5, max_det: 100, class_offset: 1, threshold: 0.5 };
         let mut out = Vec::new();
         // count = 2: the third row is past the count and ignored.
-        decode_ssd(
-            &boxes,
-            &scores,
-            &classes,
-            &t(&[1], vec![2.0]),
-            &params,
-            &labels,
-            &mut out,
-        )
-        .expect("ok");
+        decode_ssd(&boxes, &scores, &classes, &t(&[1], vec![2.0]), &params, &labels, &mut out).expect("ok");
         assert_eq!(out.len(), 1);
         assert_eq!(&*out[0].label, "person");
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 0.2,
-                y1: 0.1,
-                x2: 0.4,
-                y2: 0.3
-            }
-        );
+        assert_eq!(out[0].bbox, BBox { x1: 0.2, y1: 0.1, x2: 0.4, y2: 0.3 });
         let mut out = Vec::new();
-        decode_ssd(
-            &boxes,
-            &scores,
-            &classes,
-            &t(&[1], vec![3.0]),
-            &params,
-            &labels,
-            &mut out,
-        )
-        .expect("ok");
-        assert_eq!(
-            out.iter().map(|d| d.class_id).collect::<Vec<_>>(),
-            vec![0, 1]
-        );
+        decode_ssd(&boxes, &scores, &classes, &t(&[1], vec![3.0]), &params, &labels, &mut out).expect("ok");
+        assert_eq!(out.iter().map(|d| d.class_id).collect::<Vec<_>>(), vec![0, 1]);
     }
 
     #[test]
@@ -174,25 +112,11 @@ mod tests {
         let scores = t(&[1, 2], vec![0.05, 0.7]);
         let classes = t(&[1, 2], vec![0.0, 1.0]);
         let labels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
-        let params = DecodeParams {
-            conf: 0.1,
-            iou: 0.5,
-            max_det: 100,
-            class_offset: 0,
-            threshold: 0.5,
-        };
+        let params = DecodeParams { conf: 0.1, iou: 0.5, max_det: 100, class_offset: 0, threshold: 0.5 };
         let mut out = Vec::new();
         decode_s1(&boxes, &scores, &classes, &params, &labels, &mut out).expect("ok");
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 0.5,
-                y1: 0.5,
-                x2: 0.6,
-                y2: 0.6
-            }
-        );
+        assert_eq!(out[0].bbox, BBox { x1: 0.5, y1: 0.5, x2: 0.6, y2: 0.6 });
         assert_eq!(&*out[0].label, "b");
     }
 }

@@ -48,15 +48,7 @@ pub(crate) fn decode_yolov8(
     for n in 0..anchors {
         if best[n] > conf {
             let (cx, cy, w, h) = (xs[n], ys[n], ws[n], hs[n]);
-            out.push(det(
-                cls[n],
-                labels,
-                best[n],
-                cx - w / 2.0,
-                cy - h / 2.0,
-                cx + w / 2.0,
-                cy + h / 2.0,
-            ));
+            out.push(det(cls[n], labels, best[n], cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0));
         }
     }
 }
@@ -88,15 +80,7 @@ pub(crate) fn decode_yolov5(
         }
         if best > conf {
             let (cx, cy, w, h) = (row[0], row[1], row[2], row[3]);
-            out.push(det(
-                k,
-                labels,
-                best,
-                cx - w / 2.0,
-                cy - h / 2.0,
-                cx + w / 2.0,
-                cy + h / 2.0,
-            ));
+            out.push(det(k, labels, best, cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0));
         }
     }
 }
@@ -146,29 +130,10 @@ mod tests {
             0.7, 0.1, 0.3,    // class 1
         ];
         let mut out = Vec::new();
-        decode_yolov8(
-            &data,
-            2,
-            3,
-            0.25,
-            &labels(2),
-            &mut DecodeScratch::default(),
-            &mut out,
-        );
+        decode_yolov8(&data, 2, 3, 0.25, &labels(2), &mut DecodeScratch::default(), &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(
-            (out[0].class_id, &*out[0].label, out[0].score),
-            (1, "c1", 0.7)
-        );
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 8.0,
-                y1: 9.0,
-                x2: 12.0,
-                y2: 11.0
-            }
-        );
+        assert_eq!((out[0].class_id, &*out[0].label, out[0].score), (1, "c1", 0.7));
+        assert_eq!(out[0].bbox, BBox { x1: 8.0, y1: 9.0, x2: 12.0, y2: 11.0 });
         assert_eq!((out[1].class_id, out[1].score), (0, 0.9));
     }
 
@@ -207,15 +172,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].class_id, 1);
         assert!((out[0].score - 0.72).abs() < 1e-6);
-        assert_eq!(
-            out[0].bbox,
-            BBox {
-                x1: 9.0,
-                y1: 9.0,
-                x2: 11.0,
-                y2: 11.0
-            }
-        );
+        assert_eq!(out[0].bbox, BBox { x1: 9.0, y1: 9.0, x2: 11.0, y2: 11.0 });
     }
 
     #[test]
@@ -226,13 +183,7 @@ mod tests {
             5.0, 6.0, 7.0, 8.0, 0.1, 0.0,
             9.0, 9.0, 12.0, 12.0, 0.5, 1.0,
         ];
-        let params = DecodeParams {
-            conf: 0.25,
-            iou: 0.7,
-            max_det: 300,
-            class_offset: 0,
-            threshold: 0.5,
-        };
+        let params = DecodeParams { conf: 0.25, iou: 0.7, max_det: 300, class_offset: 0, threshold: 0.5 };
         let mut out = Vec::new();
         decode_end2end(&data, 3, &params, &labels(3), &mut out).expect("decode");
         let got: Vec<(u32, f32)> = out.iter().map(|d| (d.class_id, d.score)).collect();
