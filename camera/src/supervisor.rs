@@ -86,7 +86,7 @@ impl Default for CameraOptions {
             stall_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(20),
             backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(4),
+            backoff_max: Duration::from_secs(3),
         }
     }
 }
@@ -359,11 +359,19 @@ fn supervise(
     stats.set_state(CameraState::Stopped);
 }
 
-/// +-20 % so that many cameras behind one failed switch do not reconnect in lockstep.
+/// "Equal jitter": a wait between half and all of the back-off, so that many
+/// cameras behind one failed switch do not reconnect in lockstep, while the
+/// longest wait stays the configured maximum (which bounds how soon a camera
+/// that comes back is streaming again).
 fn jitter(d: Duration) -> Duration {
     let nanos =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+    // Scramble the clock's low bits (xorshift) so close calls differ.
+    let mut x = nanos ^ 0x9e37_79b9;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    let factor = 0.5 + 0.5 * f64::from(x % 1000) / 1000.0;
     d.mul_f64(factor)
 }
 
@@ -375,18 +383,20 @@ pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String 
     if let Some(fps) = options.fps {
         tail += &format!(" ! videorate name=vigil_rate drop-only=true max-rate={fps}");
     }
+    // `video-direction`, not the deprecated `method`: in GStreamer 1.22 the
+    // latter flips the pixels without swapping width and height in the caps.
     let rotate = match options.rotate {
-        90 => Some("clockwise"),
-        180 => Some("rotate-180"),
-        270 => Some("counterclockwise"),
+        90 => Some("90r"),
+        180 => Some("180"),
+        270 => Some("90l"),
         _ => None,
     };
-    if let Some(m) = rotate {
-        tail += &format!(" ! videoflip method={m}");
+    if let Some(d) = rotate {
+        tail += &format!(" ! videoflip video-direction={d}");
     }
     match options.flip {
-        Flip::Horizontal => tail += " ! videoflip method=horizontal-flip",
-        Flip::Vertical => tail += " ! videoflip method=vertical-flip",
+        Flip::Horizontal => tail += " ! videoflip video-direction=horiz",
+        Flip::Vertical => tail += " ! videoflip video-direction=vert",
         Flip::None => {}
     }
     if options.width.is_some() || options.height.is_some() {
@@ -536,16 +546,30 @@ fn watch(
     }
     let started = Instant::now();
     let first_seq = next_seq.load(Ordering::Relaxed);
-    // videorate counts its drops per pipeline; keep a running total across rebuilds.
-    let rate = pipeline.by_name("vigil_rate");
+    // Frames videorate drops for the fps limit: buffers into it minus buffers
+    // out of it, counted by pad probes (its own `drop` property does not count
+    // drops made for `max-rate`). A running total across rebuilds.
+    let rate_counts = pipeline.by_name("vigil_rate").map(|rate| {
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        for (i, pad) in ["sink", "src"].iter().enumerate() {
+            if let Some(pad) = rate.static_pad(pad) {
+                let counts = counts.clone();
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    counts[i].fetch_add(1, Ordering::Relaxed);
+                    gst::PadProbeReturn::Ok
+                });
+            }
+        }
+        counts
+    });
     let dropped_before = stats.frames_dropped_rate.load(Ordering::Relaxed);
     loop {
         if stop.is_set() {
             return RunEnd::Stopped;
         }
-        if let Some(r) = &rate {
-            let now: u64 = r.property("drop");
-            stats.frames_dropped_rate.store(dropped_before + now, Ordering::Relaxed);
+        if let Some(c) = &rate_counts {
+            let (inn, out) = (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed));
+            stats.frames_dropped_rate.store(dropped_before + inn.saturating_sub(out), Ordering::Relaxed);
         }
         if let Some(msg) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(100),

@@ -215,7 +215,7 @@ fn default_latency_ms() -> u32 {
     200
 }
 fn default_reconnect_max_s() -> f64 {
-    4.0
+    3.0
 }
 
 fn default_device_id() -> String {

@@ -311,3 +311,115 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write");
     p
 }
+
+/// `vigil-rtsp-test-server` on a loopback port: a real RTSP camera that
+/// tests can kill, restart on the same port, and make stall.
+pub struct RtspServer {
+    pub port: u16,
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl RtspServer {
+    pub fn start() -> RtspServer {
+        let mut s = RtspServer { port: free_port(), child: None, stdin: None, lines: None };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/cam", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil-rtsp-test-server"))
+            .args(["--port", &self.port.to_string(), "--fps", "10"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn vigil-rtsp-test-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(20)).expect("RTSP server prints ready");
+        assert!(ready.starts_with("ready rtsp://"), "{ready}");
+        self.stdin = child.stdin.take();
+        self.child = Some(child);
+        self.lines = Some(rx);
+    }
+
+    pub fn kill(&mut self) {
+        self.stdin = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn command(&mut self, cmd: &str, answer: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("running");
+        writeln!(stdin, "{cmd}").expect("write command");
+        stdin.flush().expect("flush");
+        let got =
+            self.lines.as_ref().expect("running").recv_timeout(Duration::from_secs(10)).expect("answer");
+        assert_eq!(got, answer);
+    }
+
+    /// Keeps sessions open but sends no more frames.
+    pub fn stall(&mut self) {
+        self.command("stall", "stalled");
+    }
+
+    pub fn resume(&mut self) {
+        self.command("resume", "resumed");
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config with no model and the given `[[cameras]]` tables, HTTP on a free
+/// port and a broker nobody listens on (cameras do not need one).
+pub fn cameras_config(cameras: &str) -> String {
+    format!(
+        "device_id = \"cams\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{cameras}",
+        free_port()
+    )
+}
+
+/// The health entry of camera `name`.
+pub fn camera_health(vigil: &Vigil, name: &str) -> serde_json::Value {
+    let h = vigil.health();
+    h["cameras"]
+        .as_array()
+        .expect("cameras")
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no camera {name} in {h}"))
+}
+
+/// An H.264 MP4 of the moving ball made by GStreamer itself.
+pub fn make_clip(path: &Path, frames: u32, fps: u32) {
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "pattern=ball", &format!("num-buffers={frames}"), "!"])
+        .args([&format!("video/x-raw,width=320,height=240,framerate={fps}/1"), "!", "videoconvert", "!"])
+        .args(["x264enc", "speed-preset=ultrafast", "!", "mp4mux", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0 (deploy/bootstrap.sh installs it)");
+    assert!(status.success());
+}
