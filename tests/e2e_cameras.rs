@@ -105,7 +105,7 @@ source = "launch:videotestsrc is-live=true pattern=snow ! video/x-raw,width=160,
 fps = 5
 [[cameras]]
 name = "dead"
-source = "rtsp://127.0.0.1:{dead}/nothing"
+source = "rtsp://admin:s3cr3t-pw@127.0.0.1:{dead}/nothing"
 "#,
         rtsp = server.url(),
         clip = clip.display(),
@@ -131,6 +131,10 @@ source = "rtsp://127.0.0.1:{dead}/nothing"
     assert!(matches!(dead["state"].as_str(), Some("reconnecting" | "starting")), "{dead}");
     assert!(dead["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{dead}");
     assert!(dead["reconnects"].as_u64().unwrap_or(0) >= 1, "{dead}");
+    // Credentials never show: not in health, not in the logs.
+    assert!(dead["source"].as_str().is_some_and(|s| s.starts_with("rtsp://admin:***@127.0.0.1:")), "{dead}");
+    assert!(!vigil.health().to_string().contains("s3cr3t-pw"), "password in health");
+    assert!(!vigil.stderr().contains("s3cr3t-pw"), "password in the log");
     let rate_drops = camera_health(&vigil, "pattern")["frames_dropped_rate"].as_u64().unwrap_or(0);
     assert!(rate_drops > 10, "the 10 fps pattern at fps = 5 drops half: {rate_drops}");
 }

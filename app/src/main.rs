@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_cameras;
 mod infer;
 mod inspect;
 use vigil_pipeline::{Appliance, LoadedConfig};
@@ -52,6 +53,9 @@ enum Command {
     Infer(infer::InferArgs),
     /// Time preprocessing, session.run and post-processing for a model.
     Bench(bench::BenchArgs),
+    /// Measure each camera of a config: fps, decode+convert CPU per frame,
+    /// latency to inference; then memory over many reconnects.
+    BenchCameras(bench_cameras::BenchCamerasArgs),
     /// Work with model files.
     Models {
         #[command(subcommand)]
@@ -71,9 +75,12 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Benchmarks reconnect on purpose: their own output is the report.
+    let default_filter =
+        if matches!(cli.command, Command::BenchCameras(_)) { "error" } else { "info,ort=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Infer(args) => report(infer::run(&args)),
         Command::Bench(args) => report(bench::run(&args)),
+        Command::BenchCameras(args) => report(bench_cameras::run(&args)),
         Command::Models { command: ModelsCommand::Inspect(args) } => match inspect::run(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(EXIT_CONFIG),

@@ -20,6 +20,9 @@ struct FrameInner {
     captured_at: SystemTime,
     captured_instant: Instant,
     pts: Option<Duration>,
+    /// From the source's timestamp to the frame leaving the appsink (decode,
+    /// conversion, queues), for live sources whose timestamps are running time.
+    source_latency: Option<Duration>,
     width: u32,
     height: u32,
     stride: usize,
@@ -42,6 +45,7 @@ impl Frame {
         captured_at: SystemTime,
         captured_instant: Instant,
         pts: Option<Duration>,
+        source_latency: Option<Duration>,
         width: u32,
         height: u32,
         stride: usize,
@@ -54,6 +58,7 @@ impl Frame {
                 captured_at,
                 captured_instant,
                 pts,
+                source_latency,
                 width,
                 height,
                 stride,
@@ -73,6 +78,7 @@ impl Frame {
                 captured_at: SystemTime::now(),
                 captured_instant: Instant::now(),
                 pts: None,
+                source_latency: None,
                 width,
                 height,
                 stride: width as usize * 3,
@@ -100,6 +106,10 @@ impl Frame {
     /// Presentation timestamp from the stream, when it has one.
     pub fn pts(&self) -> Option<Duration> {
         self.inner.pts
+    }
+    /// Source timestamp to appsink; `None` when the source has no usable timestamps.
+    pub fn source_latency(&self) -> Option<Duration> {
+        self.inner.source_latency
     }
     pub fn width(&self) -> u32 {
         self.inner.width
@@ -136,6 +146,7 @@ impl Frame {
                 captured_at: i.captured_at,
                 captured_instant: i.captured_instant,
                 pts: i.pts,
+                source_latency: i.source_latency,
                 width: w,
                 height: h,
                 stride: i.stride,

@@ -93,6 +93,7 @@ impl FrameReader {
             SystemTime::now(),
             Instant::now(),
             pts,
+            None,
             info.width(),
             info.height(),
             info.stride()[0] as usize,

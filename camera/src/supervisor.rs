@@ -484,6 +484,14 @@ fn run_pipeline(
                     };
                     let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
                     let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
+                    // Live sources stamp buffers in running time: now minus the
+                    // stamp is how long decoding and conversion took.
+                    let source_latency = match (buffer.pts(), sink.current_running_time()) {
+                        (Some(pts), Some(now)) if now >= pts => {
+                            Some(Duration::from_nanos((now - pts).nseconds()))
+                        }
+                        _ => None,
+                    };
                     let mapped = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
                     let now = Instant::now();
                     let frame = Frame::from_gst(
@@ -492,6 +500,7 @@ fn run_pipeline(
                         SystemTime::now(),
                         now,
                         pts,
+                        source_latency,
                         info.width(),
                         info.height(),
                         info.stride()[0] as usize,
