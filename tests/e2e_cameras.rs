@@ -287,3 +287,15 @@ impl Drop for MjpegServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+#[test]
+fn an_rtsp_camera_streams_over_udp_too() {
+    let server = RtspServer::start();
+    let vigil = Vigil::start(&cameras_config(&format!(
+        "[[cameras]]\nname = \"udp\"\nsource = \"{}\"\nrtsp_transport = \"udp\"\nlatency_ms = 100\n",
+        server.url()
+    )));
+    wait_streaming(&vigil, "udp", 0, Duration::from_secs(30));
+    let h = camera_health(&vigil, "udp");
+    assert_eq!((h["width"].as_u64(), h["height"].as_u64()), (Some(320), Some(240)));
+}
