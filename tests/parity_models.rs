@@ -218,3 +218,90 @@ fn custom_vision_s1_matches_the_reference() {
 fn the_ball_detector_matches_the_reference() {
     parity("models/ball/ball.onnx", "yolov8", &[]);
 }
+
+/// An Ultralytics model rebuilt from its committed skeleton (the exported
+/// graph without its weights) by `models/yolo/refill_weights.py`, cached in
+/// `.deps/fixtures`. Its sha256 must be the one Ultralytics' expected outputs
+/// were recorded with.
+fn ultralytics_model(name: &str) -> PathBuf {
+    let root = repo_root();
+    let skeleton = root.join(format!("models/yolo/{name}.skeleton.onnx"));
+    let bytes = std::fs::read(&skeleton).expect("skeleton");
+    let key: String = sha256_hex(&bytes).chars().take(16).collect();
+    let dir = root.join(".deps/fixtures");
+    std::fs::create_dir_all(&dir).expect("fixtures dir");
+    let out = dir.join(format!("{name}-{key}.onnx"));
+    if !out.is_file() {
+        // Tests run in parallel: build under a unique name, then rename into place.
+        let tmp = dir.join(format!("{name}-{key}.{}.tmp", std::process::id()));
+        let status = Command::new(python())
+            .arg(root.join("models/yolo/refill_weights.py"))
+            .arg(&skeleton)
+            .arg(&tmp)
+            .output()
+            .expect("refill_weights.py");
+        assert!(status.status.success(), "refill {name}: {}", String::from_utf8_lossy(&status.stderr));
+        std::fs::rename(&tmp, &out).expect("rename");
+    }
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn expected(model: &str, photo: &Path) -> Value {
+    let stem = photo.file_stem().and_then(|s| s.to_str()).expect("stem");
+    let path = repo_root().join(format!("tests/data/expected/{model}__{stem}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("expected output")).expect("JSON")
+}
+
+/// Vigil against Ultralytics' own `predict` (recorded) and against the
+/// reference (live), on Ultralytics' real architecture and metadata.
+fn ultralytics_parity(name: &str, decoder: &str) {
+    let model = ultralytics_model(name);
+    let got = vigil_infer(&model, &[]);
+    let mut compared = 0;
+    for (g, photo) in got.iter().zip(photos()) {
+        let want = expected(name, &photo);
+        assert_eq!(
+            want["model_sha256"].as_str(),
+            Some(sha256_hex(&std::fs::read(&model).expect("model")).as_str()),
+            "the refilled {name} is not the model Ultralytics' outputs were recorded with"
+        );
+        assert_eq!(g["decoder"], decoder);
+        compared += assert_same(&format!("{name} vs Ultralytics predict"), g, &want);
+    }
+    let reference = reference(&model, &[]);
+    for (g, r) in got.iter().zip(&reference) {
+        assert_same(&format!("{name} vs reference"), g, r);
+    }
+    assert!(compared > 0, "{name}: nothing detected on any photo");
+}
+
+#[test]
+fn ultralytics_yolov8n_matches_ultralytics_predict() {
+    ultralytics_parity("yolov8n", "yolov8");
+}
+
+#[test]
+fn ultralytics_yolov10n_matches_ultralytics_predict() {
+    ultralytics_parity("yolov10n", "end2end");
+}
+
+#[test]
+fn ultralytics_yolo26n_matches_ultralytics_predict() {
+    ultralytics_parity("yolo26n", "end2end");
+}
+
+#[test]
+fn ultralytics_yolov8n_cls_matches_the_reference() {
+    let model = ultralytics_model("yolov8n-cls");
+    let got = vigil_infer(&model, &[]);
+    let want = reference(&model, &[]);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(w["decoder"], "classify");
+        assert_same("yolov8n-cls", g, w);
+    }
+}

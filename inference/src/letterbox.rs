@@ -33,15 +33,13 @@ pub struct Letterbox {
     pub top: u32,
     /// `min(dst_h / src_h, dst_w / src_w)`.
     pub gain: f64,
-    /// The offsets Ultralytics' `scale_boxes` subtracts (computed its way).
-    pub pad_x: f64,
-    pub pad_y: f64,
 }
 
 impl Letterbox {
     /// Ultralytics `LetterBox(auto=False, scaleup=True, center=True)`.
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Letterbox {
         let (sw, sh, dw, dh) = (f64::from(src_w), f64::from(src_h), f64::from(dst_w), f64::from(dst_h));
+        debug_assert!(sw > 0.0 && sh > 0.0);
         let gain = (dh / sh).min(dw / sw);
         // Python's round() rounds halves to even.
         let new_w = (sw * gain).round_ties_even() as u32;
@@ -50,17 +48,21 @@ impl Letterbox {
         let half_h = f64::from(dst_h - new_h) / 2.0;
         let left = (half_w - 0.1).round_ties_even() as u32;
         let top = (half_h - 0.1).round_ties_even() as u32;
-        let pad_x = ((dw - sw * gain) / 2.0 - 0.1).round_ties_even();
-        let pad_y = ((dh - sh * gain) / 2.0 - 0.1).round_ties_even();
-        Letterbox { src_w, src_h, dst_w, dst_h, new_w, new_h, left, top, gain, pad_x, pad_y }
+        Letterbox { src_w, src_h, dst_w, dst_h, new_w, new_h, left, top, gain }
     }
 
     /// Maps a point from model-input pixels back to source pixels, clipped to
-    /// the source image (Ultralytics `scale_boxes` + `clip_boxes`).
+    /// the source image, as Ultralytics' `scale_boxes` + `clip_boxes` do
+    /// (8.4): subtract the padding where the letterbox really put the image
+    /// (`left`, `top`), then divide by each axis's own gain from the rounded
+    /// size (`new_w / src_w`, `new_h / src_h`). The older single-gain formula
+    /// is off by up to a pixel when rounding moved the image.
     #[inline]
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
-        let sx = ((f64::from(x) - self.pad_x) / self.gain).clamp(0.0, f64::from(self.src_w));
-        let sy = ((f64::from(y) - self.pad_y) / self.gain).clamp(0.0, f64::from(self.src_h));
+        let gx = f64::from(self.new_w) / f64::from(self.src_w);
+        let gy = f64::from(self.new_h) / f64::from(self.src_h);
+        let sx = ((f64::from(x) - f64::from(self.left)) / gx).clamp(0.0, f64::from(self.src_w));
+        let sy = ((f64::from(y) - f64::from(self.top)) / gy).clamp(0.0, f64::from(self.src_h));
         (sx as f32, sy as f32)
     }
 }

@@ -9,10 +9,10 @@ Run with the heavy fixture venv (see README.md), from anywhere:
 For each architecture it:
 1. builds `YOLO('<arch>.yaml')` (random init; nothing is downloaded),
 2. exports it with Ultralytics' own exporter: ONNX, CPU, batch 1, static
-   shapes, fp32, default opset and simplification, default head
-   (YOLOv10 / YOLO26: end-to-end one-to-one head, no NMS in the graph),
-   which keeps Ultralytics' metadata_props (names, imgsz, stride, task,
-   end2end, ...),
+   shapes, fp32, default opset (18 here) and onnxslim simplification; for
+   YOLOv10 / YOLO26 with nms=False, which selects the end-to-end one-to-one
+   head ([1, 300, 6], no NMS in the graph). The export keeps Ultralytics'
+   metadata_props (names, imgsz, stride, task, end2end, ...),
 3. writes `models/yolo/<name>.skeleton.onnx`: the exported graph where every
    Conv/Gemm weight or bias initializer (input 1 or 2 of a Conv/Gemm node) has
    its data removed, name, dtype and dims kept, and doc_string set to

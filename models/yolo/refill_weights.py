@@ -6,58 +6,65 @@ photos.
 Usage:  refill_weights.py SKELETON.onnx OUT.onnx
 Needs only onnx and numpy (the project's light venv is enough):
 
-    .deps/venv/bin/python models/yolo/refill_weights.py \\
+    .deps/venv/bin/python models/yolo/refill_weights.py \
         models/yolo/yolov8n.skeleton.onnx models/yolo/yolov8n.onnx
 
 Which tensors: every initializer whose doc_string is `vigil:stripped` (written
 by export_ultralytics.py: the Conv/Gemm weights and biases, with name, dtype
 and dims but no data). Every other initializer, node and metadata_prop is
-copied verbatim.
+copied verbatim. The family is told from the metadata (`task`, `end2end`,
+`head`): yolov8 (one-to-many head), yolov10 (v10Detect end2end), end2end
+(YOLO26), classify.
 
-Step 1, random fill. Each tensor gets its own generator,
+Step 1, random fill. Each tensor has its own generator,
 `numpy.random.default_rng(zlib.crc32(name))`, float32 normal draws:
-- weight, dims [out, in/groups, kh, kw] or [out, in]: He-normal,
-  std = sqrt(2 / fan_in), fan_in = prod(dims[1:]). The first conv (the one
-  reading `images`) is multiplied by IN_SCALE = 10: this puts every SiLU in its
-  large-signal, ReLU-like range, where a He-initialised network is close to
-  positively homogeneous and keeps its activation scale through depth.
-  (With IN_SCALE = 1 a random SiLU network without BatchNorm either fades
-  to nothing or blows up depending on the photo's contrast.)
+- weight [out, in/groups, kh, kw] or [out, in]: He-normal,
+  std = sqrt(2 / fan_in), fan_in = prod(dims[1:]).
 - bias: normal, std BIAS_STD = 0.02 (the exported convs are BatchNorm-fused,
   so every conv has one).
+- the first conv (reading `images`) is scaled by IN_SCALE = 10, and its bias
+  gets -sum(w) * 114/255 per output channel. The scale puts every SiLU in its
+  large-signal, ReLU-like range, where a He-initialised network keeps its
+  activation scale through depth (with IN_SCALE = 1 a random SiLU network
+  without BatchNorm fades out or blows up depending on the photo). The bias
+  centres the input on the letterbox grey, so a pad pixel gives exactly what
+  the conv's zero padding gives: without it the canvas border inside the grey
+  pad is the strongest "object" in every letterboxed photo.
 
-Step 2, head calibration (a data-dependent init, like LSUV, in place of the
-BatchNorm statistics a real model would have). The network is run with
-onnx.reference (numpy) on two fixed synthetic 640x640 calibration images made
-here from a seeded generator (`calibration_image`: a colour gradient with 60
-random rectangles and ellipses plus noise; and a flat grey 114 image, the
-letterbox pad colour). No photo is used. Then, per output channel of each head
-conv (statistics over all anchors of that stride):
-- class-score convs (`...cv3.<i>.2`, YOLOv10 / YOLO26 `...one2one_cv3.<i>.2`;
-  their outputs go through the Sigmoid): standardised to unit std on the
-  synthetic image; the reference level max(mean on the synthetic image,
-  median on the grey image) is mapped to CLS_BIAS[family], plus a fixed
-  per-class offset CLS_SPREAD * N(0, 1) (seeded from the bias name) so that a
-  few classes are more likely than others, as in a trained model.
-  Without this, class 'k' always wins wherever w_k . mean(features) is
-  largest, or every anchor scores about 0.5. CLS_BIAS plays the part of
-  Ultralytics' own `Detect.bias_init` prior; it was tuned so that at conf 0.25
-  each photo in tests/data/photos gets a moderate number of detections.
-- box convs (`...cv2.<i>.2`): standardised to zero mean, std BOX_STD. With
-  DFL (reg_max 16; YOLOv8, YOLOv10) each bin j in 0..15 also gets
-  -BOX_DECAY * j, so expected side distances are a few grid cells and vary
-  with the image; without DFL (reg_max 1; YOLO26, raw distances in grid cells)
-  the mean is set to BOX_MEAN_R1 cells.
+Step 2, head calibration, a data-dependent init standing in for the BatchNorm
+statistics a trained model has. The graph up to the head convs is run with
+onnx.reference (numpy) on fixed synthetic images made here from seeded
+generators (`calibration_image`: colour gradient, 60 flat rectangles and
+ellipses of all sizes, colours N(114, 60), noise std 2), used full-frame,
+letterboxed 3:2 and 2:3 in grey 114, and a flat grey image. No photo is used.
+Per output channel of each head conv (statistics over anchors; "content" =
+anchors whose centre is on the synthetic content, "pad" = on the grey):
+- class-score convs (`cv3.<i>.2`, or `one2one_cv3.<i>.2`; their outputs go
+  through the Sigmoid): scaled to unit std over content anchors; bias set so
+  that logit = min(CLS_BIAS + z - q99, CLS_PAD_LOGIT + z - max_pad) +
+  CLS_LEVEL_OFFSET[i], i.e. the 99th-percentile content response maps to
+  CLS_BIAS and the strongest pad response to CLS_PAD_LOGIT (both below the
+  0.25 threshold, logit -1.10), with strides 8 and 16 made 4 and 2 logits less
+  likely (they have 16x and 4x more anchors and NMS at IoU 0.7 merges little).
+  Without this, one class wins at every anchor, or every anchor scores ~0.5.
+  CLS_BIAS plays the part of Ultralytics' own `Detect.bias_init` prior.
+- box convs (`cv2.<i>.2`): standardised per channel to std BOX_STD with, for
+  DFL (reg_max 16; v8, v10), a bin offset -BOX_DECAY * j (j = 0..15) so that
+  side distances are a few cells and vary; for reg_max 1 (YOLO26, raw
+  distances in cells) mean BOX_MEAN_R1, std BOX_STD_R1 (no inverted boxes).
 - classifier (`linear` Gemm before the Softmax): the per-class mean logit over
-  4 synthetic 224x224 images is removed and the logits are scaled to a std of
-  CLS_TEMP over classes and images, so the softmax is clearly non-uniform
-  without being one-hot and its top classes depend on the image.
-Calibration results (scales and offsets) are rounded (scales to 1/64 octave,
-offsets to 1/256) before they are applied, so that last-bit differences of
-numpy/BLAS between machines do not change the written bytes.
+  4 synthetic 224x224 images is removed and logits are scaled to std CLS_TEMP
+  over classes and images: a clearly non-uniform but not one-hot softmax.
+Scales are rounded to 1/64 octave and offsets to 1/256 before use, so that
+last-bit numpy/BLAS differences between machines do not change the bytes.
 
-The output is byte-identical across runs (checked: sha256 in README.md). The
-family is told from the skeleton's metadata (`task`, `end2end`).
+Tuning (CLS_BIAS, CLS_PAD_LOGIT, CLS_LEVEL_OFFSET, CLS_TEMP) was done on
+tests/data/photos at conf 0.25. A random network without normalisation
+answers in proportion to image contrast, so counts differ a lot between
+photos (astronaut.png, saturated and textured, gets the most; rocket.png,
+dark, the fewest); see README.md for the resulting counts.
+
+Output is byte-identical across runs (sha256 in README.md).
 """
 import re
 import sys
@@ -73,18 +80,18 @@ STRIPPED = "vigil:stripped"
 GAIN = float(np.sqrt(2.0))
 IN_SCALE = 10.0
 PAD_GREY = 114
-PAD_CENTER = True
 CAL_MEAN, CAL_SD, CAL_NOISE = 114.0, 60.0, 2.0
 BIAS_STD = 0.02
 # Head calibration, tuned on tests/data/photos (see the docstring).
-CLS_QUANTILE = 0.999
-CLS_PAD_LOGIT = -3.0
-CLS_BIAS = {"yolov8": -1.0, "end2end": -1.0}
-CLS_SPREAD = 1.0
+CLS_QUANTILE = 0.99
+CLS_BIAS = {"yolov8": -1.5, "yolov10": -4.0, "end2end": -2.25}
+CLS_PAD_LOGIT = {"yolov8": -1.0, "yolov10": -3.5, "end2end": -1.75}
+CLS_LEVEL_OFFSET = (-4.0, -2.0, 0.0)  # strides 8, 16, 32
 BOX_STD = 1.5
 BOX_DECAY = 0.4
-BOX_MEAN_R1 = 2.5
-CLS_TEMP = 1.5
+BOX_MEAN_R1 = 3.0
+BOX_STD_R1 = 0.75
+CLS_TEMP = 0.3
 
 RE_CLS = re.compile(r"(^|\.)(one2one_)?cv3\.\d+\.2\.weight$")
 RE_BOX = re.compile(r"(^|\.)(one2one_)?cv2\.\d+\.2\.weight$")
@@ -95,7 +102,9 @@ def family(model: onnx.ModelProto) -> str:
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get("task") == "classify":
         return "classify"
-    return "end2end" if meta.get("end2end") == "True" else "yolov8"
+    if meta.get("end2end") != "True":
+        return "yolov8"
+    return "yolov10" if meta.get("head") == "v10Detect" else "end2end"
 
 
 def rng_for(name: str) -> np.random.Generator:
@@ -220,18 +229,16 @@ def calibrate_detect(model: onnx.ModelProto, fam: str, inits: dict) -> None:
 
     for n in cls_nodes:
         y, pad = stats(n.output[0])
-        c = y.shape[0]
+        level = int(RE_CLS.search(n.input[1]).group(0).split("cv3.")[1].split(".")[0])
         scale = q_scale(1 / y.std(1))
-        spread = rng_for(n.input[2] + "/spread").uniform(0, CLS_SPREAD, c)
         offset = np.minimum(CLS_BIAS[fam] - np.quantile(y, CLS_QUANTILE, axis=1) * scale,
-                            CLS_PAD_LOGIT - pad.max(1) * scale) - spread
-        offset = q_off(offset)
-        update(n, scale, offset)
+                            CLS_PAD_LOGIT[fam] - pad.max(1) * scale) + CLS_LEVEL_OFFSET[level]
+        update(n, scale, q_off(offset))
     for n in box_nodes:
         y = np.concatenate(stats(n.output[0]), 1)
         c = y.shape[0]
         reg_max = c // 4
-        scale = q_scale(BOX_STD / y.std(1))
+        scale = q_scale((BOX_STD if reg_max > 1 else BOX_STD_R1) / y.std(1))
         if reg_max > 1:
             target = -BOX_DECAY * (np.arange(c) % reg_max)
         else:
@@ -270,7 +277,7 @@ def refill(model: onnx.ModelProto) -> int:
         t.CopyFrom(numpy_helper.from_array(random_fill(t.name, list(t.dims), t.name in first), t.name))
         n += 1
     for node in model.graph.node:
-        if PAD_CENTER and node.op_type == "Conv" and node.input[1] in first and len(node.input) == 3:
+        if node.op_type == "Conv" and node.input[1] in first and len(node.input) == 3:
             # centre the input on the letterbox grey: a grey pixel then gives exactly what the
             # conv's zero padding gives, so the pad does not show the canvas border
             wa = numpy_helper.to_array(inits[node.input[1]])

@@ -296,12 +296,14 @@ class Model:
             b[:, [0, 2]] *= fw
             b[:, [1, 3]] *= fh
         elif self.resize == "letterbox":
-            # Ultralytics scale_boxes: pads from the unrounded scaled size.
+            # Ultralytics (8.4) scale_boxes: per-axis gains from the rounded
+            # letterbox size, pads where the letterbox put the image.
             gain = min(self.in_h / fh, self.in_w / fw)
-            pad_x = round((self.in_w - fw * gain) / 2 - 0.1)
-            pad_y = round((self.in_h - fh * gain) / 2 - 0.1)
-            b[:, [0, 2]] = (b[:, [0, 2]] - pad_x) / gain
-            b[:, [1, 3]] = (b[:, [1, 3]] - pad_y) / gain
+            new_w, new_h = max(round(fw * gain), 1), max(round(fh * gain), 1)
+            pad_x = round((self.in_w - new_w) / 2 - 0.1)
+            pad_y = round((self.in_h - new_h) / 2 - 0.1)
+            b[:, [0, 2]] = (b[:, [0, 2]] - pad_x) / (new_w / fw)
+            b[:, [1, 3]] = (b[:, [1, 3]] - pad_y) / (new_h / fh)
         elif self.resize == "stretch":
             b[:, [0, 2]] = b[:, [0, 2]] * fw / self.in_w
             b[:, [1, 3]] = b[:, [1, 3]] * fh / self.in_h
