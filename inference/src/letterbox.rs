@@ -137,7 +137,10 @@ pub(crate) fn resize_rows(
             let (sy, _) = vertical_coefs(dy, scale_y);
             let row = src.row(sy.clamp(0, sh as isize - 1) as usize);
             for (o, &sx) in scratch.out_row.chunks_exact_mut(3).zip(&scratch.xofs) {
-                o.copy_from_slice(&row[sx * 3..sx * 3 + 3]);
+                let p = &row[sx * 3..sx * 3 + 3];
+                o[0] = p[0];
+                o[1] = p[1];
+                o[2] = p[2];
             }
             emit(dy, &scratch.out_row);
         }

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use super::{DecodeParams, det};
 use crate::Detection;
 
-/// Per-anchor best class, kept between frames to avoid allocating.
+/// Per-anchor best score, kept between frames to avoid allocating.
 #[derive(Debug, Default)]
 pub(crate) struct DecodeScratch {
     best_score: Vec<f32>,
-    best_class: Vec<u32>,
 }
 
 /// `[1, 4 + C, N]`: each anchor votes for its best class (the first on a tie)
@@ -24,21 +23,16 @@ pub(crate) fn decode_yolov8(
     out: &mut Vec<Detection>,
 ) {
     debug_assert_eq!(data.len(), (4 + classes) * anchors);
+    // Pass 1: each anchor's best score. A plain running max over contiguous
+    // class rows vectorises; which class won is only needed for the few
+    // anchors above the threshold, so it is found afterwards.
     let best = &mut scratch.best_score;
-    let cls = &mut scratch.best_class;
     best.clear();
     best.resize(anchors, f32::NEG_INFINITY);
-    cls.clear();
-    cls.resize(anchors, 0);
-    // Class-major scan: each class row is contiguous, so memory streams once
-    // instead of striding across 84 rows for every anchor.
     for c in 0..classes {
         let row = &data[(4 + c) * anchors..(5 + c) * anchors];
-        for ((b, k), &s) in best.iter_mut().zip(cls.iter_mut()).zip(row) {
-            if s > *b {
-                *b = s;
-                *k = c as u32;
-            }
+        for (b, &s) in best.iter_mut().zip(row) {
+            *b = b.max(s);
         }
     }
     let (xs, rest) = data.split_at(anchors);
@@ -47,8 +41,10 @@ pub(crate) fn decode_yolov8(
     let hs = &rest[..anchors];
     for n in 0..anchors {
         if best[n] > conf {
+            // Pass 2: the first class holding that score.
+            let class = (0..classes).find(|&c| data[(4 + c) * anchors + n] == best[n]).unwrap_or(0) as u32;
             let (cx, cy, w, h) = (xs[n], ys[n], ws[n], hs[n]);
-            out.push(det(cls[n], labels, best[n], cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0));
+            out.push(det(class, labels, best[n], cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0));
         }
     }
 }
