@@ -1,35 +1,45 @@
-//! The running appliance: cameras, inference workers and the publisher,
-//! wired together from a validated config.
+//! The running appliance: cameras, inference workers, the event engine, the
+//! outbox and the broker link, wired together from a validated config.
 //!
 //! ```text
-//!  Camera (GStreamer threads) ─▶ FrameSlot (newest wins) ─▶ worker thread "infer-<camera>"
-//!                                                             │ Detector::detect (shared per model)
-//!                                                             ├─▶ latest result (snapshot endpoint)
-//!                                                             └─▶ events channel (bounded, blocking) ─▶ MQTT
+//!  Camera (GStreamer) ─▶ FrameSlot (newest wins) ─▶ worker thread "infer-<camera>"
+//!                                                   │ Detector::detect (one session per model)
+//!                                                   │ CameraEvents: tracker, zones, rules
+//!                                                   ├─▶ latest result ─▶ snapshot endpoint
+//!                                                   ├─▶ per-frame detections (QoS 0, optional, drop when busy)
+//!                                                   └─▶ events channel (bounded, blocks) ─▶ writer ─▶ outbox (disk)
+//!                                                                                               │
+//!  commands topic ─▶ router ─▶ camera's pending inspection          MQTT link ◀────────────────┘
 //! ```
-//! Inference runs on its own OS threads, never on the async runtime.
+//! Inference and event logic run on the camera's own OS thread, never on the
+//! async runtime; disk writes run on the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 use vigil_camera::{Camera, Frame, FrameSlot};
 use vigil_inference::{Detector, ImageView, ModelInfo, Prediction, Scratch, runtime};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
-use crate::mqtt::{self, MqttHealth, MqttStatus, PublisherSettings, Topics};
-use crate::{StartError, annotate};
+use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
+use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
+use crate::outbox::{Outbox, OutboxLimits};
+use crate::rules::RuleState;
+use crate::snapshots::{Retention, SnapshotStore};
+use crate::{StartError, annotate, azure};
 
-/// Capacity of the events channel between inference and the publisher. When
-/// full, inference waits (events are never dropped) and the camera slots
+/// Capacity of the events channel between the cameras and the outbox writer.
+/// When full, inference waits (events are never dropped) and the camera slots
 /// absorb the pressure by dropping frames, which is counted.
-const EVENT_QUEUE: usize = 256;
+const EVENT_QUEUE: usize = 1024;
 
 /// The newest processed frame of a camera and what was found in it.
 #[derive(Debug)]
@@ -39,6 +49,9 @@ pub struct Processed {
     /// `None` for cameras that are only watched.
     pub model: Option<Arc<ModelInfo>>,
 }
+
+/// An inspection requested for a camera: `Some(part id or None)`.
+type PendingCommand = Arc<Mutex<Option<Option<String>>>>;
 
 #[derive(Debug)]
 struct CameraRuntime {
@@ -53,6 +66,8 @@ struct CameraRuntime {
     inference_errors: Arc<AtomicU64>,
     worker: Mutex<Option<JoinHandle<()>>>,
     source: String,
+    command: PendingCommand,
+    line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
 }
 
 /// A running Vigil.
@@ -63,7 +78,11 @@ pub struct Appliance {
     models: HashMap<String, Arc<Detector>>,
     model_order: Vec<String>,
     mqtt: Arc<MqttStatus>,
-    publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    outbox: Arc<Outbox>,
+    snapshots: Option<Arc<SnapshotStore>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    link: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    link_stop: CancellationToken,
     started: Instant,
     ort_library: String,
     topics: Topics,
@@ -79,15 +98,31 @@ pub struct Health {
     pub uptime_s: f64,
     pub onnxruntime: String,
     pub mqtt: MqttHealth,
+    pub outbox: OutboxHealth,
     pub topics: TopicsJson,
     pub cameras: Vec<CameraHealth>,
     pub models: Vec<ModelHealth>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct OutboxHealth {
+    /// Events on disk waiting for the broker.
+    pub waiting: u64,
+    pub bytes: u64,
+    pub written: u64,
+    pub delivered: u64,
+    /// Dropped to stay within the outbox limits (oldest first).
+    pub dropped: u64,
+    pub snapshots_written: u64,
+    pub snapshots_dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct TopicsJson {
     pub events: String,
-    pub status: String,
+    pub status: Option<String>,
+    pub detections: Option<String>,
+    pub commands: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +144,15 @@ pub struct CameraHealth {
     pub reconnects: u64,
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// Crossings per counting line.
+    pub lines: Vec<LineCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LineCount {
+    pub name: String,
+    pub left: u64,
+    pub right: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,10 +177,39 @@ pub enum SnapshotError {
     Encode(String),
 }
 
+/// Checks that every rule's labels exist in its camera's model. Returns one
+/// line per problem.
+pub fn check_rule_labels(
+    loaded: &LoadedConfig,
+    labels_of: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Vec<String> {
+    let cfg = &loaded.config;
+    let mut problems = Vec::new();
+    for (i, r) in cfg.rules.iter().enumerate() {
+        let Some(model) = cfg.cameras.iter().find(|c| c.name == r.camera).and_then(|c| c.model.clone())
+        else {
+            continue;
+        };
+        let Some(labels) = labels_of(&model) else { continue };
+        for l in r.watched_labels() {
+            if !labels.contains(&l) {
+                let shown: Vec<&str> = labels.iter().take(20).map(String::as_str).collect();
+                problems.push(format!(
+                    "rules[{i}] ({}): label {l:?} is not one of model {model:?}'s labels ({}{})",
+                    r.name,
+                    shown.join(", "),
+                    if labels.len() > 20 { ", ..." } else { "" }
+                ));
+            }
+        }
+    }
+    problems
+}
+
 impl Appliance {
-    /// Loads ONNX Runtime and the models, then starts the publisher, the
-    /// cameras and their workers. Returns once everything is started; cameras
-    /// connect in the background.
+    /// Loads ONNX Runtime and the models, opens the outbox, then starts the
+    /// broker link, the cameras and their workers. Returns once everything
+    /// is started; cameras connect in the background.
     pub fn start(loaded: &LoadedConfig) -> Result<Arc<Appliance>, StartError> {
         let cfg = &loaded.config;
         let rt = runtime::init()?;
@@ -155,22 +228,109 @@ impl Appliance {
             models.insert(m.name.clone(), Arc::new(det));
             model_order.push(m.name.clone());
         }
+        let label_problems =
+            check_rule_labels(loaded, &|m| models.get(m).map(|d| d.info().labels().to_vec()));
+        if let Some(p) = label_problems.into_iter().next() {
+            return Err(StartError::Config(p));
+        }
 
-        let topics = Topics::new(&cfg.mqtt.topic_prefix, &cfg.device_id);
+        let ev = &cfg.events;
+        let outbox = Arc::new(
+            Outbox::open(
+                &loaded.data_dir.join("outbox.redb"),
+                OutboxLimits { max_events: ev.outbox_max_events, max_bytes: ev.outbox_max_mb * 1024 * 1024 },
+            )
+            .map_err(|e| {
+                StartError::Config(format!(
+                    "{e} (is another vigil using data_dir {}?)",
+                    loaded.data_dir.display()
+                ))
+            })?,
+        );
+        if !outbox.is_empty() {
+            tracing::info!(
+                waiting = outbox.len(),
+                "outbox holds undelivered events from before; they go first"
+            );
+        }
+        let snapshots = if ev.snapshots {
+            let retention = Retention {
+                max_files: ev.snapshot_max_files,
+                max_bytes: ev.snapshot_max_mb * 1024 * 1024,
+                max_age: Duration::from_secs_f64(ev.snapshot_max_age_h * 3600.0),
+            };
+            Some(SnapshotStore::start(&loaded.data_dir.join("snapshots"), retention).map_err(|e| {
+                StartError::Config(format!("snapshots in {}: {e}", loaded.data_dir.display()))
+            })?)
+        } else {
+            None
+        };
+
+        // Topics, and the link.
+        let (topics, azure) = match &loaded.mqtt.azure {
+            Some((hub, device, key)) => (
+                Topics {
+                    events: azure::events_topic(device),
+                    status: None,
+                    detections: None,
+                    commands: azure::commands_topic(device),
+                },
+                Some(AzureAuth {
+                    hub: hub.clone(),
+                    device: device.clone(),
+                    key: key.clone(),
+                    token_ttl: Duration::from_secs(cfg.mqtt.azure_token_ttl_s.max(60)),
+                }),
+            ),
+            None => (Topics::new(&cfg.mqtt.topic_prefix, &cfg.device_id, ev.publish_detections), None),
+        };
+        let client_id = match &azure {
+            Some(a) => a.device.clone(),
+            None => cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", cfg.device_id)),
+        };
         let status = MqttStatus::new(loaded.mqtt.to_string());
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let publisher = mqtt::spawn(
-            PublisherSettings {
+        let wake = Arc::new(Notify::new());
+        let (det_tx, det_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(32);
+        let link_stop = CancellationToken::new();
+        let link = mqtt::spawn(
+            LinkConfig {
                 target: loaded.mqtt.clone(),
-                client_id: cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("vigil-{}", cfg.device_id)),
+                client_id,
                 keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_s),
-                device: cfg.device_id.clone(),
                 topics: topics.clone(),
+                azure,
             },
-            rx,
+            outbox.clone(),
+            wake.clone(),
+            det_rx,
+            cmd_tx,
             status.clone(),
+            link_stop.clone(),
         );
 
+        // The writer: batches of events, one transaction each, then a nudge to the link.
+        let (ev_tx, mut ev_rx) = mpsc::channel::<Emitted>(EVENT_QUEUE);
+        let writer = {
+            let (outbox, wake) = (outbox.clone(), wake.clone());
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(256);
+                while ev_rx.recv_many(&mut batch, 256).await > 0 {
+                    let rows: Vec<(u64, Vec<u8>)> =
+                        batch.drain(..).map(|e| (e.captured_ms, e.json)).collect();
+                    let n = rows.len();
+                    let ob = outbox.clone();
+                    match tokio::task::spawn_blocking(move || ob.append(&rows)).await {
+                        Ok(Ok(_)) => wake.notify_one(),
+                        Ok(Err(e)) => tracing::error!(error = %e, lost = n, "could not store events"),
+                        Err(e) => tracing::error!(error = %e, lost = n, "outbox writer failed"),
+                    }
+                }
+            })
+        };
+
+        let policy = UpdatePolicy { interval_s: ev.update_interval_s, min_move: ev.update_min_move };
+        let publish_detections = topics.detections.is_some();
         let mut cameras = Vec::new();
         for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
             let detector = c.model.as_ref().map(|m| models[m].clone());
@@ -187,34 +347,79 @@ impl Appliance {
                     (None, Some(e.clone()), vigil_camera::redact(&c.source))
                 }
             };
-            let latest = Arc::new(Mutex::new(None));
-            let processed = Arc::new(AtomicU64::new(0));
-            let inference_errors = Arc::new(AtomicU64::new(0));
-            let worker = spawn_worker(
-                c.name.clone(),
-                slot.clone(),
-                detector,
-                tx.clone(),
-                latest.clone(),
-                processed.clone(),
-                inference_errors.clone(),
+            let confidence = detector.as_ref().map(|d| d.info().plan.thresholds.confidence).unwrap_or(0.25);
+            let rules: Vec<RuleState> = cfg
+                .rules
+                .iter()
+                .filter(|r| r.camera == c.name)
+                .map(|r| {
+                    let zone = r.zone.as_ref().and_then(|z| crate::rules::find_zone(&c.zones, z).cloned());
+                    RuleState::new(r.clone(), zone, confidence)
+                })
+                .collect();
+            let events = CameraEvents::new(
+                &cfg.device_id,
+                &c.name,
+                c.tracker.clone(),
+                c.zones.clone(),
+                c.lines.clone(),
+                rules,
+                policy,
+                snapshots.clone(),
             );
-            cameras.push(CameraRuntime {
+            let rt = CameraRuntime {
                 name: c.name.clone(),
                 model: c.model.clone(),
                 camera: Mutex::new(camera),
                 failed,
-                slot,
-                latest,
-                processed,
-                inference_errors,
-                worker: Mutex::new(Some(worker)),
+                slot: slot.clone(),
+                latest: Arc::new(Mutex::new(None)),
+                processed: Arc::new(AtomicU64::new(0)),
+                inference_errors: Arc::new(AtomicU64::new(0)),
+                worker: Mutex::new(None),
                 source,
+                command: Arc::default(),
+                line_counts: Arc::default(),
+            };
+            let worker = spawn_worker(Worker {
+                device: cfg.device_id.clone(),
+                camera: c.name.clone(),
+                slot,
+                detector,
+                events,
+                events_tx: ev_tx.clone(),
+                detections_tx: publish_detections.then(|| det_tx.clone()),
+                status: status.clone(),
+                latest: rt.latest.clone(),
+                processed: rt.processed.clone(),
+                errors: rt.inference_errors.clone(),
+                command: rt.command.clone(),
+                line_counts: rt.line_counts.clone(),
             });
+            *rt.worker.lock() = Some(worker);
+            cameras.push(rt);
         }
-        // Only the workers hold senders now: when they all stop, the publisher
-        // sees the channel close, flushes and says `offline`.
-        drop(tx);
+        // Only the workers hold event senders now: when they all stop, the
+        // writer sees the channel close and finishes.
+        drop(ev_tx);
+        drop(det_tx);
+
+        // Inspection commands, to the camera they name.
+        let commands: HashMap<String, PendingCommand> =
+            cameras.iter().map(|c| (c.name.clone(), c.command.clone())).collect();
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                match (cmd.command.as_str(), commands.get(&cmd.camera)) {
+                    ("inspect", Some(slot)) => *slot.lock() = Some(cmd.part),
+                    ("inspect", None) => {
+                        tracing::warn!(camera = %cmd.camera, "inspect command for an unknown camera")
+                    }
+                    (other, _) => {
+                        tracing::warn!(command = %other, "unknown command; the only one is \"inspect\"")
+                    }
+                }
+            }
+        });
 
         Ok(Arc::new(Appliance {
             device: cfg.device_id.clone(),
@@ -222,7 +427,11 @@ impl Appliance {
             models,
             model_order,
             mqtt: status,
-            publisher: Mutex::new(Some(publisher)),
+            outbox,
+            snapshots,
+            writer: Mutex::new(Some(writer)),
+            link: Mutex::new(Some(link)),
+            link_stop,
             started: Instant::now(),
             ort_library: rt.library.display().to_string(),
             topics,
@@ -239,6 +448,14 @@ impl Appliance {
 
     pub fn camera_names(&self) -> Vec<String> {
         self.cameras.iter().map(|c| c.name.clone()).collect()
+    }
+
+    pub fn mqtt_status(&self) -> &Arc<MqttStatus> {
+        &self.mqtt
+    }
+
+    pub fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
+        self.snapshots.as_ref()
     }
 
     pub fn health(&self) -> Health {
@@ -276,11 +493,24 @@ impl Appliance {
                     reconnects,
                     width: size.map(|s| s.0),
                     height: size.map(|s| s.1),
+                    lines: c
+                        .line_counts
+                        .lock()
+                        .iter()
+                        .map(|(name, left, right)| LineCount {
+                            name: name.clone(),
+                            left: *left,
+                            right: *right,
+                        })
+                        .collect(),
                 }
             })
             .collect();
         let mqtt = self.mqtt.health();
         let ok = cameras.iter().all(|c| c.state == "streaming") && mqtt.state == mqtt::LinkState::Connected;
+        let (written, delivered, dropped) = self.outbox.counters();
+        let (snapshots_written, snapshots_dropped) =
+            self.snapshots.as_ref().map(|s| s.counters()).unwrap_or((0, 0));
         Health {
             status: if ok { "ok" } else { "degraded" },
             device: self.device.clone(),
@@ -288,7 +518,21 @@ impl Appliance {
             uptime_s: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             onnxruntime: self.ort_library.clone(),
             mqtt,
-            topics: TopicsJson { events: self.topics.events.clone(), status: self.topics.status.clone() },
+            outbox: OutboxHealth {
+                waiting: self.outbox.len(),
+                bytes: self.outbox.bytes(),
+                written,
+                delivered,
+                dropped,
+                snapshots_written,
+                snapshots_dropped,
+            },
+            topics: TopicsJson {
+                events: self.topics.events.clone(),
+                status: self.topics.status.clone(),
+                detections: self.topics.detections.clone(),
+                commands: self.topics.commands.clone(),
+            },
             cameras,
             models: self
                 .model_order
@@ -322,8 +566,9 @@ impl Appliance {
         annotate::encode_jpeg(&rgb, f.width(), f.height(), 85).map_err(SnapshotError::Encode)
     }
 
-    /// Stops cameras first, lets the workers drain, then waits (up to
-    /// `deadline`) for the publisher to flush and publish `offline`.
+    /// Stops cameras first, lets the workers finish (open tracks end), waits
+    /// for the outbox writer, then stops the link, which waits briefly for
+    /// acknowledgements and says `offline`. All under `deadline`.
     pub async fn shutdown(self: &Arc<Self>, deadline: Duration) {
         let me = self.clone();
         let stop = tokio::task::spawn_blocking(move || {
@@ -338,46 +583,68 @@ impl Appliance {
                 }
             }
         });
-        let publisher = self.publisher.lock().take();
+        let writer = self.writer.lock().take();
+        let link = self.link.lock().take();
+        let link_stop = self.link_stop.clone();
+        let snapshots = self.snapshots.clone();
         let all = async move {
             let _ = stop.await;
-            if let Some(p) = publisher {
-                let _ = p.await;
+            if let Some(w) = writer {
+                let _ = w.await;
+            }
+            link_stop.cancel();
+            if let Some(l) = link {
+                let _ = l.await;
+            }
+            if let Some(s) = snapshots {
+                s.close();
             }
         };
         if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!(deadline_s = deadline.as_secs_f64(), "shutdown deadline passed; exiting anyway");
+            tracing::warn!(
+                deadline_s = deadline.as_secs_f64(),
+                "shutdown deadline passed; exiting anyway (undelivered events stay in the outbox)"
+            );
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_worker(
+/// What a camera's worker thread owns.
+struct Worker {
+    device: String,
     camera: String,
     slot: Arc<FrameSlot>,
     detector: Option<Arc<Detector>>,
-    events: mpsc::Sender<DetectionsEvent>,
+    events: CameraEvents,
+    events_tx: mpsc::Sender<Emitted>,
+    detections_tx: Option<mpsc::Sender<Vec<u8>>>,
+    status: Arc<MqttStatus>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
-) -> JoinHandle<()> {
+    command: PendingCommand,
+    line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
+}
+
+fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name(format!("infer-{camera}"))
+        .name(format!("infer-{}", w.camera))
         .spawn(move || {
-            let span = tracing::info_span!("inference", camera = %camera);
+            let span = tracing::info_span!("inference", camera = %w.camera);
             let _e = span.enter();
-            let camera: Arc<str> = camera.into();
+            let camera: Arc<str> = w.camera.clone().into();
             let mut scratch = Scratch::default();
+            let mut last: Option<(Frame, Arc<ModelInfo>)> = None;
             loop {
-                let Some(frame) = slot.take_timeout(Duration::from_millis(500)) else {
-                    if slot.is_closed() {
+                let Some(frame) = w.slot.take_timeout(Duration::from_millis(500)) else {
+                    if w.slot.is_closed() {
                         break;
                     }
                     continue;
                 };
                 let Some(view) = ImageView::new(frame.data(), frame.width(), frame.height(), frame.stride())
                 else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    w.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         width = frame.width(),
                         height = frame.height(),
@@ -385,17 +652,17 @@ fn spawn_worker(
                     );
                     continue;
                 };
-                let Some(detector) = &detector else {
+                let Some(detector) = &w.detector else {
                     // A camera that is only watched: keep its newest frame for snapshots.
-                    processed.fetch_add(1, Ordering::Relaxed);
-                    *latest.lock() =
+                    w.processed.fetch_add(1, Ordering::Relaxed);
+                    *w.latest.lock() =
                         Some(Arc::new(Processed { frame, prediction: Prediction::default(), model: None }));
                     continue;
                 };
                 let (prediction, timings) = match detector.detect(&view, &mut scratch) {
                     Ok(r) => r,
                     Err(e) => {
-                        let n = errors.fetch_add(1, Ordering::Relaxed);
+                        let n = w.errors.fetch_add(1, Ordering::Relaxed);
                         // The first error and then one in a hundred: a broken
                         // model must not flood the log at frame rate.
                         if n.is_multiple_of(100) {
@@ -404,33 +671,62 @@ fn spawn_worker(
                         continue;
                     }
                 };
-                processed.fetch_add(1, Ordering::Relaxed);
+                w.processed.fetch_add(1, Ordering::Relaxed);
                 let model = detector.info().clone();
-                let noteworthy = !prediction.detections.is_empty()
-                    || !prediction.classes.is_empty()
-                    || prediction.anomaly.is_some();
-                if noteworthy {
-                    let event = DetectionsEvent {
-                        id: uuid::Uuid::now_v7(),
-                        camera: camera.clone(),
-                        captured_at: frame.captured_at(),
-                        captured_instant: frame.captured_instant(),
-                        frame_seq: frame.seq(),
-                        pts: frame.pts(),
-                        width: frame.width(),
-                        height: frame.height(),
-                        model: model.clone(),
-                        prediction: prediction.clone(),
-                        timings,
-                    };
-                    *latest.lock() = Some(Arc::new(Processed { frame, prediction, model: Some(model) }));
-                    if events.blocking_send(event).is_err() {
-                        break;
+
+                if let Some(tx) = &w.detections_tx {
+                    let noteworthy = !prediction.detections.is_empty()
+                        || !prediction.classes.is_empty()
+                        || prediction.anomaly.is_some();
+                    if noteworthy {
+                        let msg = DetectionsEvent {
+                            id: uuid::Uuid::now_v7(),
+                            camera: camera.clone(),
+                            captured_at: frame.captured_at(),
+                            captured_instant: frame.captured_instant(),
+                            frame_seq: frame.seq(),
+                            pts: frame.pts(),
+                            width: frame.width(),
+                            height: frame.height(),
+                            model: model.clone(),
+                            prediction: prediction.clone(),
+                            timings,
+                        }
+                        .to_json(&w.device, SystemTime::now(), Instant::now());
+                        if tx.try_send(msg).is_err() {
+                            w.status.note_detection_dropped();
+                        }
                     }
-                } else {
-                    *latest.lock() = Some(Arc::new(Processed { frame, prediction, model: Some(model) }));
                 }
+
+                let command = w.command.lock().take();
+                let emitted = w.events.process(&frame, &prediction, &model, command);
+                let counts = w.events.line_counts();
+                if !counts.is_empty() {
+                    *w.line_counts.lock() = counts;
+                }
+                *w.latest.lock() = Some(Arc::new(Processed {
+                    frame: frame.clone(),
+                    prediction,
+                    model: Some(model.clone()),
+                }));
+                last = Some((frame, model));
+                if send_all(&w.events_tx, emitted).is_err() {
+                    break;
+                }
+            }
+            // The camera stopped: every open track ends, so every start has its end.
+            if let Some((frame, model)) = last {
+                let _ = send_all(&w.events_tx, w.events.finish(&frame, &model));
             }
         })
         .expect("spawning an inference thread")
+}
+
+/// Blocks while the events channel is full: events are never dropped.
+fn send_all(tx: &mpsc::Sender<Emitted>, events: Vec<Emitted>) -> Result<(), ()> {
+    for e in events {
+        tx.blocking_send(e).map_err(|_| ())?;
+    }
+    Ok(())
 }

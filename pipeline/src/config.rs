@@ -32,6 +32,88 @@ pub struct Config {
     /// Video sources; each runs one model.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    /// Rules that turn tracks and zones into the events people act on.
+    #[serde(default)]
+    pub rules: Vec<crate::rules::RuleConfig>,
+    /// Events: outbox, snapshots, how chatty updates are.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Where the outbox and snapshots live (relative to the config file).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+/// How events are produced and kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Also publish every processed frame's detections, QoS 0, on
+    /// `<prefix>/<device>/detections` (high rate; not stored while the broker is away).
+    #[serde(default)]
+    pub publish_detections: bool,
+    /// At most one `object.update` per track per this many seconds...
+    #[serde(default = "default_update_interval_s")]
+    pub update_interval_s: f64,
+    /// ...and only when the object moved this fraction of the frame diagonal
+    /// (or changed zones).
+    #[serde(default = "default_update_min_move")]
+    pub update_min_move: f32,
+    /// The outbox keeps at most this many undelivered events...
+    #[serde(default = "default_outbox_max_events")]
+    pub outbox_max_events: u64,
+    /// ...and this many megabytes; beyond either, the oldest are dropped (and counted).
+    #[serde(default = "default_outbox_max_mb")]
+    pub outbox_max_mb: u64,
+    /// Store annotated snapshots with events that have one.
+    #[serde(default = "yes")]
+    pub snapshots: bool,
+    #[serde(default = "default_snapshot_max_files")]
+    pub snapshot_max_files: usize,
+    #[serde(default = "default_snapshot_max_mb")]
+    pub snapshot_max_mb: u64,
+    #[serde(default = "default_snapshot_max_age_h")]
+    pub snapshot_max_age_h: f64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            publish_detections: false,
+            update_interval_s: default_update_interval_s(),
+            update_min_move: default_update_min_move(),
+            outbox_max_events: default_outbox_max_events(),
+            outbox_max_mb: default_outbox_max_mb(),
+            snapshots: true,
+            snapshot_max_files: default_snapshot_max_files(),
+            snapshot_max_mb: default_snapshot_max_mb(),
+            snapshot_max_age_h: default_snapshot_max_age_h(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("vigil-data")
+}
+fn default_update_interval_s() -> f64 {
+    2.0
+}
+fn default_update_min_move() -> f32 {
+    0.02
+}
+fn default_outbox_max_events() -> u64 {
+    100_000
+}
+fn default_outbox_max_mb() -> u64 {
+    256
+}
+fn default_snapshot_max_files() -> usize {
+    1000
+}
+fn default_snapshot_max_mb() -> u64 {
+    500
+}
+fn default_snapshot_max_age_h() -> f64 {
+    168.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +144,46 @@ pub struct MqttConfig {
     /// publishes its `offline` last will) after 1.5 times this.
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
+    /// `mqtts://` brokers: the CA certificate(s) that signed the broker's
+    /// certificate (PEM). Unset: the system's CA certificates.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require them.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// `mqtt` (any broker) or `azure-iot-hub` (publish to an IoT Hub as a device).
+    #[serde(default)]
+    pub mode: MqttMode,
+    /// IoT Hub host name, e.g. `myhub.azure-devices.net`.
+    #[serde(default)]
+    pub azure_hub: Option<String>,
+    /// The IoT Hub device id (default: `device_id`).
+    #[serde(default)]
+    pub azure_device_id: Option<String>,
+    /// The device's symmetric key (base64): prefer `_file` or `_env`.
+    #[serde(default, skip_serializing)]
+    pub azure_device_key: Option<String>,
+    #[serde(default)]
+    pub azure_device_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub azure_device_key_env: Option<String>,
+    /// Lifetime of each SAS token; renewed at 80 % of it.
+    #[serde(default = "default_token_ttl_s")]
+    pub azure_token_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MqttMode {
+    #[default]
+    Mqtt,
+    AzureIotHub,
+}
+
+fn default_token_ttl_s() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +307,15 @@ pub struct CameraConfig {
     /// at 0.5 s and doubles): how soon a camera that comes back streams again.
     #[serde(default = "default_reconnect_max_s")]
     pub reconnect_max_s: f64,
+    /// Polygon zones on this camera's image.
+    #[serde(default)]
+    pub zones: Vec<crate::zones::ZoneConfig>,
+    /// Counting lines on this camera's image.
+    #[serde(default)]
+    pub lines: Vec<crate::zones::LineConfig>,
+    /// How tracks start, are confirmed and end.
+    #[serde(default)]
+    pub tracker: crate::tracker::TrackerConfig,
 }
 
 impl CameraConfig {
@@ -248,6 +379,16 @@ impl Default for MqttConfig {
             password_file: None,
             password_env: None,
             keep_alive_s: default_keep_alive_s(),
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            mode: MqttMode::Mqtt,
+            azure_hub: None,
+            azure_device_id: None,
+            azure_device_key: None,
+            azure_device_key_file: None,
+            azure_device_key_env: None,
+            azure_token_ttl_s: default_token_ttl_s(),
         }
     }
 }
@@ -296,6 +437,8 @@ pub struct LoadedConfig {
     /// The HTTP address to bind.
     pub listen: SocketAddr,
     pub mqtt: MqttTarget,
+    /// `data_dir`, resolved: the outbox and the snapshots live here.
+    pub data_dir: PathBuf,
 }
 
 /// The broker address and credentials, resolved from URL, files and environment.
@@ -305,6 +448,18 @@ pub struct MqttTarget {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Set for `mqtts://` and IoT Hub.
+    pub tls: Option<TlsFiles>,
+    /// Set in IoT Hub mode: (hub, device, key).
+    pub azure: Option<(String, String, String)>,
+}
+
+/// TLS material, resolved against the config directory.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for MqttTarget {
@@ -314,13 +469,16 @@ impl fmt::Debug for MqttTarget {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("azure", &self.azure.as_ref().map(|(h, d, _)| (h, d, "***")))
             .finish()
     }
 }
 
 impl fmt::Display for MqttTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -513,6 +671,46 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
                 p(format!("{at}.{k} = {}: use 16 to 8192 pixels, or leave it out", v.unwrap_or(0)));
             }
         }
+        let mut shape_names = HashSet::new();
+        for (j, z) in c.zones.iter().enumerate() {
+            if !is_name(&z.name) || !shape_names.insert(z.name.clone()) {
+                p(format!(
+                    "{at}.zones[{j}].name = {:?}: use a unique name of letters, digits, `-` or `_`",
+                    z.name
+                ));
+            }
+            if let Err(e) = crate::zones::validate_polygon(&z.polygon) {
+                p(format!("{at}.zones[{j}] ({}): the polygon {e}", z.name));
+            }
+        }
+        for (j, l) in c.lines.iter().enumerate() {
+            if !is_name(&l.name) || !shape_names.insert(l.name.clone()) {
+                p(format!(
+                    "{at}.lines[{j}].name = {:?}: use a unique name of letters, digits, `-` or `_`",
+                    l.name
+                ));
+            }
+            let inside = l.from.iter().chain(&l.to).all(|v| (0.0..=1.0).contains(v));
+            if !inside || l.from == l.to {
+                p(format!(
+                    "{at}.lines[{j}] ({}): from and to must be two different points inside 0..1",
+                    l.name
+                ));
+            }
+        }
+        let t = &c.tracker;
+        if !(0.0..=1.0).contains(&t.high_score)
+            || !(0.0..=1.0).contains(&t.low_score)
+            || t.low_score > t.high_score
+        {
+            p(format!(
+                "{at}.tracker: need 0 <= low_score <= high_score <= 1 (got {} and {})",
+                t.low_score, t.high_score
+            ));
+        }
+        if t.min_hits == 0 || t.max_missing_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            p(format!("{at}.tracker: min_hits must be at least 1 and max_missing_s above 0"));
+        }
         if !(c.reconnect_max_s.is_finite() && (0.5..=3600.0).contains(&c.reconnect_max_s)) {
             p(format!("{at}.reconnect_max_s = {}: use 0.5 to 3600 seconds", c.reconnect_max_s));
         }
@@ -524,9 +722,79 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
     }
 
+    // Rules
+    let mut rule_names = HashSet::new();
+    for (i, r) in config.rules.iter().enumerate() {
+        use crate::rules::{RuleKind, Trigger};
+        let at = format!("rules[{i}] ({})", r.name);
+        if !is_name(&r.name) || !rule_names.insert(r.name.clone()) {
+            p(format!("rules[{i}].name = {:?}: use a unique name of letters, digits, `-` or `_`", r.name));
+        }
+        match config.cameras.iter().find(|c| c.name == r.camera) {
+            None => {
+                let known: Vec<&str> = config.cameras.iter().map(|c| c.name.as_str()).collect();
+                p(format!(
+                    "{at}.camera = {:?}: no camera has that name (cameras: {})",
+                    r.camera,
+                    known.join(", ")
+                ));
+            }
+            Some(cam) => {
+                if cam.model.is_none() {
+                    p(format!("{at}: camera {:?} runs no model; give it one (cameras[].model)", cam.name));
+                }
+                if let Some(z) = &r.zone
+                    && !cam.zones.iter().any(|zz| &zz.name == z)
+                {
+                    let known: Vec<&str> = cam.zones.iter().map(|z| z.name.as_str()).collect();
+                    p(format!(
+                        "{at}.zone = {z:?}: camera {:?} has no such zone (zones: {})",
+                        cam.name,
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ));
+                }
+            }
+        }
+        match r.kind {
+            RuleKind::Curbside if r.zone.is_none() => {
+                p(format!("{at}: a curbside rule needs `zone` (the bay)"))
+            }
+            RuleKind::Safety if r.labels.is_empty() => {
+                p(format!("{at}: a safety rule needs `labels` (what raises the alert, e.g. [\"no_helmet\"])"))
+            }
+            RuleKind::Inspection if r.trigger() == Trigger::Zone && r.zone.is_none() => {
+                p(format!("{at}: trigger = \"zone\" needs `zone`"))
+            }
+            _ => {}
+        }
+        for (k, v) in
+            [("min_duration_s", r.min_duration_s), ("dwell_s", r.dwell_s), ("interval_s", r.interval_s)]
+        {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                p(format!("{at}.{k}: must be a number of seconds, 0 or more"));
+            }
+        }
+    }
+    let e = &config.events;
+    if e.update_interval_s.is_nan()
+        || e.update_interval_s < 0.0
+        || e.outbox_max_events == 0
+        || e.outbox_max_mb == 0
+    {
+        p("events: update_interval_s must be 0 or more, outbox_max_events and outbox_max_mb at least 1"
+            .into());
+    }
+
     if !problems.is_empty() {
         return Err(ConfigError { file: file.to_owned(), problems });
     }
+    let mut mqtt = mqtt.expect("checked above");
+    if let Some((_, device, _)) = &mut mqtt.azure
+        && device.is_empty()
+    {
+        *device = config.device_id.clone();
+    }
+    let data_dir = base_dir.join(&config.data_dir);
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_owned(),
@@ -534,7 +802,8 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         sources,
         camera_problems,
         listen: listen.expect("checked above"),
-        mqtt: mqtt.expect("checked above"),
+        mqtt,
+        data_dir,
     })
 }
 
@@ -542,25 +811,49 @@ fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
     let url = url::Url::parse(&m.url).map_err(|e| {
         format!("mqtt.url = {:?}: not a URL ({e}); use e.g. \"mqtt://127.0.0.1:1883\"", m.url)
     })?;
-    match url.scheme() {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" => {
+    if m.mode == MqttMode::AzureIotHub {
+        return parse_azure(m, base_dir);
+    }
+    let tls = match url.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => {
             return Err(format!(
-                "mqtt.url = {:?}: TLS brokers are not supported by this build yet; use mqtt:// on a trusted network",
+                "mqtt.url = {:?}: unknown scheme `{other}`; use mqtt://host:port or mqtts://host:port",
                 m.url
             ));
         }
-        other => {
-            return Err(format!("mqtt.url = {:?}: unknown scheme `{other}`; use mqtt://host:port", m.url));
-        }
-    }
+    };
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| format!("mqtt.url = {:?}: no host; use e.g. \"mqtt://127.0.0.1:1883\"", m.url))?
         .trim_matches(['[', ']'])
         .to_owned();
-    let port = url.port().unwrap_or(1883);
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let files = TlsFiles {
+        ca_file: m.tls_ca_file.as_ref().map(|f| base_dir.join(f)),
+        client_cert_file: m.tls_client_cert_file.as_ref().map(|f| base_dir.join(f)),
+        client_key_file: m.tls_client_key_file.as_ref().map(|f| base_dir.join(f)),
+    };
+    if !tls && (files.ca_file.is_some() || files.client_cert_file.is_some()) {
+        return Err(format!("mqtt.tls_* are set but mqtt.url = {:?} is not TLS; use mqtts://", m.url));
+    }
+    if files.client_cert_file.is_some() != files.client_key_file.is_some() {
+        return Err("mqtt: set both tls_client_cert_file and tls_client_key_file, or neither".into());
+    }
+    for (field, f) in [
+        ("tls_ca_file", &files.ca_file),
+        ("tls_client_cert_file", &files.client_cert_file),
+        ("tls_client_key_file", &files.client_key_file),
+    ] {
+        if let Some(f) = f
+            && !f.is_file()
+        {
+            return Err(format!("mqtt.{field} = {:?}: no such file", f.display().to_string()));
+        }
+    }
+    let tls = tls.then_some(files);
     let sources = [m.password.is_some(), m.password_file.is_some(), m.password_env.is_some()];
     if sources.iter().filter(|s| **s).count() > 1 {
         return Err("mqtt: set only one of password, password_file, password_env".into());
@@ -588,7 +881,71 @@ fn parse_mqtt(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
     if password.is_some() && m.username.is_none() {
         return Err("mqtt: a password needs a username too (mqtt.username)".into());
     }
-    Ok(MqttTarget { host, port, username: m.username.clone(), password })
+    Ok(MqttTarget { host, port, username: m.username.clone(), password, tls, azure: None })
+}
+
+fn read_secret(
+    field: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    base_dir: &Path,
+) -> Result<Option<String>, String> {
+    let n = [value.is_some(), file.is_some(), env.is_some()].iter().filter(|s| **s).count();
+    if n > 1 {
+        return Err(format!("mqtt: set only one of {field}, {field}_file, {field}_env"));
+    }
+    if let Some(v) = value {
+        return Ok(Some(v.clone()));
+    }
+    if let Some(f) = file {
+        let path = base_dir.join(f);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!("mqtt.{field}_file = {:?}: cannot read it: {}", path.display().to_string(), io_reason(&e))
+        })?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("mqtt.{field}_env = {var:?}: that environment variable is not set"));
+    }
+    Ok(None)
+}
+
+fn parse_azure(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
+    let hub = m
+        .azure_hub
+        .clone()
+        .filter(|h| !h.is_empty())
+        .ok_or("mqtt.mode = \"azure-iot-hub\" needs mqtt.azure_hub, e.g. \"myhub.azure-devices.net\"")?;
+    let key = read_secret(
+        "azure_device_key",
+        &m.azure_device_key,
+        &m.azure_device_key_file,
+        &m.azure_device_key_env,
+        base_dir,
+    )?
+    .ok_or("mqtt.mode = \"azure-iot-hub\" needs the device key: mqtt.azure_device_key_file (or _env)")?;
+    crate::azure::sas_token("check", &key, 0).map_err(|e| format!("mqtt.azure_device_key: {e}"))?;
+    let files = TlsFiles { ca_file: m.tls_ca_file.as_ref().map(|f| base_dir.join(f)), ..TlsFiles::default() };
+    // The device id defaults to the Vigil device id; filled in by the caller.
+    let device = m.azure_device_id.clone().unwrap_or_default();
+    let (host, port) = match url::Url::parse(&m.url) {
+        // A test or a local IoT Edge hub may stand in for the hub: honour an explicit URL port.
+        Ok(u) if m.url != default_mqtt_url() && u.host_str().is_some() => {
+            (u.host_str().unwrap_or(&hub).to_owned(), u.port().unwrap_or(8883))
+        }
+        _ => (hub.clone(), 8883),
+    };
+    Ok(MqttTarget {
+        host,
+        port,
+        username: None,
+        password: None,
+        tls: Some(files),
+        azure: Some((hub, device, key)),
+    })
 }
 
 #[cfg(test)]

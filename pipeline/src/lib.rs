@@ -6,14 +6,22 @@
 //!              ├─ per camera: Camera ─▶ FrameSlot ─▶ inference worker (OS thread)
 //!              │                                      ├─▶ latest result ─▶ snapshot JPEG
 //!              │                                      └─▶ events (bounded) ─▶ MQTT publisher
-//!              └─ health: cameras, broker link, models
+//!              ├─ per camera: tracker ─▶ zones & lines ─▶ rules ─▶ events ─▶ outbox (disk) ─▶ MQTT link
+//!              └─ health: cameras, broker link, outbox, models
 //! ```
 
 pub mod annotate;
 pub mod appliance;
+pub mod azure;
 pub mod config;
 pub mod event;
+pub mod lifecycle;
 pub mod mqtt;
+pub mod outbox;
+pub mod rules;
+pub mod snapshots;
+pub mod tracker;
+pub mod zones;
 
 pub use appliance::{Appliance, Health, SnapshotError};
 pub use config::{Config, ConfigError, LoadedConfig};
@@ -25,6 +33,8 @@ pub enum StartError {
     Runtime(#[from] vigil_inference::InferenceError),
     #[error("model {name:?}: {error}")]
     Model { name: String, error: vigil_inference::InferenceError },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Deep checks beyond parsing, for `vigil check`: loads every model with ONNX
@@ -36,11 +46,16 @@ pub fn check_deep(loaded: &LoadedConfig) -> Vec<String> {
         problems.push(e.to_string());
         return problems;
     }
+    let mut labels = std::collections::HashMap::new();
     for (i, m) in loaded.config.models.iter().enumerate() {
-        if let Err(e) = vigil_inference::Detector::load(&m.name, &m.path, m.options()) {
-            problems.push(format!("models[{i}] ({}): {e}", m.name));
+        match vigil_inference::Detector::load(&m.name, &m.path, m.options()) {
+            Ok(d) => {
+                labels.insert(m.name.clone(), d.info().labels().to_vec());
+            }
+            Err(e) => problems.push(format!("models[{i}] ({}): {e}", m.name)),
         }
     }
+    problems.extend(appliance::check_rule_labels(loaded, &|m| labels.get(m).cloned()));
     problems.extend(loaded.camera_problems.iter().cloned());
     for (i, (c, s)) in loaded.config.cameras.iter().zip(&loaded.sources).enumerate() {
         // Sources that did not parse or do not exist are already reported.

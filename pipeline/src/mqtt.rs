@@ -1,39 +1,58 @@
-//! Publishing events to the MQTT broker.
+//! The broker link: delivers the outbox, in order, at least once.
 //!
 //! ```text
-//!  inference workers ──(bounded channel, blocks when full)──▶ publisher task
-//!                                                               │ client.publish (QoS 1)
-//!                                                               ▼
-//!                                          rumqttc request queue (bounded) ──▶ event-loop task ──▶ broker
+//!  outbox (disk) ──read in sequence order──▶ try_publish QoS 1 ──▶ rumqttc ──▶ broker
+//!      ▲                                      FIFO: publish order = pkid order
+//!      └───────── delete on PUBACK(pkid) ◀────────────────────────────┘
+//!  per-frame detections (optional) ──▶ QoS 0, dropped when the link is down
+//!  commands topic ──▶ inspection requests to the cameras
 //! ```
-//! The event loop task owns the connection: it reconnects with exponential
-//! back-off, publishes the retained `online` status after every connect, and
-//! records state for health. The broker publishes the retained `offline` last
-//! will when Vigil vanishes; a clean shutdown publishes it itself.
+//! Each connection gets a fresh client and event loop with a clean session:
+//! what was in flight when a connection died is simply published again from
+//! the outbox, oldest first, so ordering and delivery never depend on state
+//! kept in memory. A consumer can see an event twice (its PUBACK was lost);
+//! every event carries a unique `id` to de-duplicate on.
+//!
+//! The link reconnects with exponential back-off (0.5 s doubling to 5 s,
+//! jittered). In Azure IoT Hub mode it also renews its SAS token before it
+//! expires by reconnecting with a fresh one (nothing is lost: the outbox).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttTarget;
-use crate::event::DetectionsEvent;
+use crate::azure;
+use crate::config::{MqttTarget, TlsFiles};
+use crate::event::rfc3339;
+use crate::outbox::Outbox;
 
 /// Topics of one device.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub events: String,
-    pub status: String,
+    /// Retained `online`/`offline`; `None` where the broker has no such thing (IoT Hub).
+    pub status: Option<String>,
+    /// Per-frame detections, QoS 0; `None` when not published.
+    pub detections: Option<String>,
+    pub commands: String,
 }
 
 impl Topics {
-    pub fn new(prefix: &str, device: &str) -> Topics {
-        Topics { events: format!("{prefix}/{device}/events"), status: format!("{prefix}/{device}/status") }
+    pub fn new(prefix: &str, device: &str, detections: bool) -> Topics {
+        Topics {
+            events: format!("{prefix}/{device}/events"),
+            status: Some(format!("{prefix}/{device}/status")),
+            detections: detections.then(|| format!("{prefix}/{device}/detections")),
+            commands: format!("{prefix}/{device}/commands"),
+        }
     }
 }
 
@@ -54,6 +73,9 @@ pub struct MqttStatus {
     published: AtomicU64,
     acknowledged: AtomicU64,
     connects: AtomicU64,
+    detections_dropped: AtomicU64,
+    /// Publish latency (capture to publish) of recent events, ms.
+    latencies: Mutex<VecDeque<f64>>,
 }
 
 /// A snapshot of the broker link.
@@ -62,11 +84,13 @@ pub struct MqttHealth {
     pub broker: String,
     pub state: LinkState,
     pub last_error: Option<String>,
-    /// Events handed to the MQTT client.
+    /// Events handed to the MQTT client (republished ones count again).
     pub published: u64,
-    /// Of those, acknowledged by the broker (QoS 1 PUBACK).
+    /// Events the broker acknowledged (QoS 1 PUBACK) and the outbox forgot.
     pub acknowledged: u64,
     pub connects: u64,
+    /// Per-frame detection messages not sent because the link was down or busy.
+    pub detections_dropped: u64,
 }
 
 impl MqttStatus {
@@ -77,6 +101,8 @@ impl MqttStatus {
             published: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            detections_dropped: AtomicU64::new(0),
+            latencies: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -89,116 +115,432 @@ impl MqttStatus {
             published: self.published.load(Ordering::Relaxed),
             acknowledged: self.acknowledged.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
+            detections_dropped: self.detections_dropped.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn note_detection_dropped(&self) {
+        self.detections_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Recent capture-to-publish latencies, ms (the last 10 000).
+    pub fn latencies(&self) -> Vec<f64> {
+        self.latencies.lock().iter().copied().collect()
+    }
+
+    fn set(&self, state: LinkState, error: Option<String>) {
+        *self.state.lock() = (state, error);
     }
 }
 
-/// Settings for [`spawn`].
+/// Azure IoT Hub credentials.
+#[derive(Clone)]
+pub struct AzureAuth {
+    pub hub: String,
+    pub device: String,
+    pub key: String,
+    pub token_ttl: Duration,
+}
+
+impl std::fmt::Debug for AzureAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureAuth")
+            .field("hub", &self.hub)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the link needs.
 #[derive(Debug, Clone)]
-pub struct PublisherSettings {
+pub struct LinkConfig {
     pub target: MqttTarget,
     pub client_id: String,
     pub keep_alive: Duration,
-    pub device: String,
     pub topics: Topics,
+    pub azure: Option<AzureAuth>,
+}
+
+/// An inspection requested over MQTT.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Command {
+    pub command: String,
+    pub camera: String,
+    #[serde(default)]
+    pub part: Option<String>,
 }
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Events in flight (published, not yet acknowledged) at most.
+const WINDOW: usize = 100;
 
-/// Starts the publisher. It runs until `events` closes (every sender dropped),
-/// then publishes `offline`, disconnects and returns.
+/// Starts the link. It runs until `stop`; then it waits briefly for
+/// outstanding acknowledgements, publishes `offline` and disconnects.
 pub fn spawn(
-    settings: PublisherSettings,
-    mut events: mpsc::Receiver<DetectionsEvent>,
+    cfg: LinkConfig,
+    outbox: Arc<Outbox>,
+    wake: Arc<Notify>,
+    detections: mpsc::Receiver<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
     status: Arc<MqttStatus>,
+    stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let t = &settings.target;
-    let mut options = MqttOptions::new(settings.client_id.clone(), t.host.clone(), t.port);
-    options.set_keep_alive(settings.keep_alive);
-    // A persistent session: QoS 1 messages not yet acknowledged when the link
-    // drops are sent again after the reconnect rather than forgotten.
-    options.set_clean_session(false);
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    options.set_request_channel_capacity(64);
-    options.set_last_will(LastWill::new(&settings.topics.status, "offline", QoS::AtLeastOnce, true));
-    if let (Some(u), Some(p)) = (&t.username, &t.password) {
-        options.set_credentials(u.clone(), p.clone());
-    } else if let Some(u) = &t.username {
-        options.set_credentials(u.clone(), "");
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    eventloop.network_options.set_connection_timeout(5);
+    tokio::spawn(run(cfg, outbox, wake, detections, commands, status, stop))
+}
 
-    let driver = {
-        let (client, status, topics) = (client.clone(), status.clone(), settings.topics.clone());
-        let broker = status.broker.clone();
-        tokio::spawn(async move {
-            let mut backoff = BACKOFF_INITIAL;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = BACKOFF_INITIAL;
-                        status.connects.fetch_add(1, Ordering::Relaxed);
-                        *status.state.lock() = (LinkState::Connected, None);
-                        tracing::info!(%broker, "MQTT connected");
-                        // try_publish: this task must never wait on the request
-                        // queue it is itself responsible for draining.
-                        if let Err(e) = client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online") {
-                            tracing::warn!(error = %e, "could not queue the online status");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        status.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                        status.state.lock().0 = LinkState::Stopped;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(e) => {
-                        let error = describe(&e);
-                        let was = status.state.lock().0;
-                        let next = if was == LinkState::Connected || was == LinkState::Reconnecting {
-                            LinkState::Reconnecting
-                        } else {
-                            LinkState::Connecting
-                        };
-                        *status.state.lock() = (next, Some(error.clone()));
-                        tracing::warn!(
-                            %broker,
-                            %error,
-                            retry_in_ms = backoff.as_millis() as u64,
-                            "MQTT broker unreachable; retrying (events wait in a bounded queue)"
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
+fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &files.ca_file {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("mqtt.tls_ca_file {}: {e}", ca.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert
+                    .map_err(|e| format!("mqtt.tls_ca_file {}: not PEM certificates ({e})", ca.display()))?;
+                roots.add(cert).map_err(|e| format!("mqtt.tls_ca_file {}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("mqtt.tls_ca_file {}: no certificate in it", ca.display()));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(
+                    "no system CA certificates found (install ca-certificates) and no mqtt.tls_ca_file"
+                        .into(),
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (&files.client_cert_file, &files.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = std::fs::read(cert)
+                .map_err(|e| format!("mqtt.tls_client_cert_file {}: {e}", cert.display()))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut certs.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("mqtt.tls_client_cert_file {}: {e}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).map_err(|e| format!("mqtt.tls_client_key_file {}: {e}", key.display()))?;
+            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                .map_err(|e| format!("mqtt.tls_client_key_file {}: {e}", key.display()))?
+                .ok_or_else(|| format!("mqtt.tls_client_key_file {}: no private key in it", key.display()))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Options for one connection; for Azure, with a token valid from now. Also
+/// returns when that token should be renewed.
+fn options(cfg: &LinkConfig) -> Result<(MqttOptions, Option<Instant>), String> {
+    let t = &cfg.target;
+    let mut o = MqttOptions::new(cfg.client_id.clone(), t.host.clone(), t.port);
+    o.set_keep_alive(cfg.keep_alive);
+    o.set_clean_session(true);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_request_channel_capacity(WINDOW + 16);
+    o.set_inflight(WINDOW as u16);
+    if let Some(status) = &cfg.topics.status {
+        o.set_last_will(LastWill::new(status, "offline", QoS::AtLeastOnce, true));
+    }
+    let mut renew = None;
+    if let Some(a) = &cfg.azure {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let expiry = now + a.token_ttl.as_secs();
+        let token = azure::sas_token(&format!("{}/devices/{}", a.hub, a.device), &a.key, expiry)?;
+        o.set_credentials(azure::username(&a.hub, &a.device), token);
+        // Renew at 80 % of the lifetime: well before IoT Hub closes the connection.
+        renew = Some(Instant::now() + a.token_ttl.mul_f64(0.8));
+    } else if let Some(u) = &t.username {
+        o.set_credentials(u.clone(), t.password.clone().unwrap_or_default());
+    }
+    if let Some(files) = &t.tls {
+        o.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(files)?)));
+    }
+    Ok((o, renew))
+}
+
+/// Adds `seq` (the outbox's sequence number: consecutive, rising across
+/// restarts), `published_at` and `latency_ms` to a stored event JSON.
+fn stamp(json: &[u8], seq: u64, captured_ms: u64) -> (Vec<u8>, f64) {
+    let now = SystemTime::now();
+    let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let latency = ((now_ms - captured_ms as f64).max(0.0) * 10.0).round() / 10.0;
+    match json.iter().rposition(|&b| b == b'}') {
+        Some(end) => {
+            let mut out = Vec::with_capacity(json.len() + 64);
+            out.extend_from_slice(&json[..end]);
+            out.extend_from_slice(
+                format!(",\"seq\":{seq},\"published_at\":\"{}\",\"latency_ms\":{latency}}}", rfc3339(now))
+                    .as_bytes(),
+            );
+            (out, latency)
+        }
+        None => (json.to_vec(), latency),
+    }
+}
+
+/// Per-connection bookkeeping.
+#[derive(Default)]
+struct Session {
+    connected: bool,
+    /// Publishes handed to the client, in order: `Some(seq)` for outbox
+    /// events, `None` for the rest (status, detections).
+    fifo: VecDeque<Option<u64>>,
+    pkids: HashMap<u16, u64>,
+    /// The last outbox sequence number handed to the client.
+    cursor: u64,
+    in_flight: usize,
+    acked: Vec<u64>,
+}
+
+enum Outcome {
+    Stop,
+    Renew,
+    Lost(String),
+}
+
+async fn run(
+    cfg: LinkConfig,
+    outbox: Arc<Outbox>,
+    wake: Arc<Notify>,
+    mut detections: mpsc::Receiver<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
+    status: Arc<MqttStatus>,
+    stop: CancellationToken,
+) {
+    let broker = status.broker.clone();
+    let mut backoff = BACKOFF_INITIAL;
+    let mut ever_connected = false;
+    loop {
+        let (opts, renew_at) = match options(&cfg) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(%broker, error = %e, "MQTT settings unusable; fix the config");
+                status.set(LinkState::Connecting, Some(e));
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
                 }
             }
-        })
-    };
-
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let payload = event.to_json(&settings.device, SystemTime::now(), Instant::now());
-            if let Err(e) = client.publish(&settings.topics.events, QoS::AtLeastOnce, false, payload).await {
-                tracing::error!(error = %e, "MQTT client closed; event not published");
+        };
+        let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 16);
+        eventloop.network_options.set_connection_timeout(5);
+        let mut s = Session::default();
+        let renew = async {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(renew);
+        let outcome = loop {
+            if s.connected {
+                fill(&client, &outbox, &cfg.topics.events, &status, &mut s).await;
+            }
+            if !s.acked.is_empty() {
+                let acked = std::mem::take(&mut s.acked);
+                let n = acked.len() as u64;
+                let ob = outbox.clone();
+                match tokio::task::spawn_blocking(move || ob.remove(&acked)).await {
+                    Ok(Ok(())) => {
+                        status.acknowledged.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "could not forget acknowledged events (they will be sent again)")
+                    }
+                    Err(e) => tracing::error!(error = %e, "outbox task failed"),
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Outcome::Stop,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        s = Session { connected: true, ..Session::default() };
+                        backoff = BACKOFF_INITIAL;
+                        ever_connected = true;
+                        status.connects.fetch_add(1, Ordering::Relaxed);
+                        status.set(LinkState::Connected, None);
+                        tracing::info!(%broker, waiting = outbox.len(), "MQTT connected");
+                        if let Some(st) = &cfg.topics.status
+                            && client.try_publish(st, QoS::AtLeastOnce, true, "online").is_ok()
+                        {
+                            s.fifo.push_back(None);
+                        }
+                        if let Err(e) = client.try_subscribe(&cfg.topics.commands, QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "could not subscribe to commands");
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(Some(seq)) = s.fifo.pop_front()
+                            && pkid != 0
+                        {
+                            s.pkids.insert(pkid, seq);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(seq) = s.pkids.remove(&ack.pkid) {
+                            s.acked.push(seq);
+                            s.in_flight = s.in_flight.saturating_sub(1);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        match serde_json::from_slice::<Command>(&p.payload) {
+                            Ok(c) => {
+                                if commands.try_send(c).is_err() {
+                                    tracing::warn!("inspection command dropped: too many pending");
+                                }
+                            }
+                            Err(e) => tracing::warn!(topic = %p.topic, error = %e, "ignoring a command that is not {{\"command\": \"inspect\", \"camera\": ...}}"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Outcome::Lost(describe(&e)),
+                },
+                _ = wake.notified(), if s.connected => {}
+                d = detections.recv(), if s.connected => {
+                    if let (Some(d), Some(topic)) = (d, &cfg.topics.detections) {
+                        match client.try_publish(topic, QoS::AtMostOnce, false, d) {
+                            Ok(()) => s.fifo.push_back(None),
+                            Err(_) => status.note_detection_dropped(),
+                        }
+                    }
+                }
+                _ = &mut renew => break Outcome::Renew,
+            }
+        };
+        match outcome {
+            Outcome::Stop => {
+                if s.connected {
+                    goodbye(&client, &mut eventloop, &cfg, &outbox, &status, &mut s).await;
+                }
                 break;
             }
+            Outcome::Renew => {
+                tracing::info!("renewing the IoT Hub SAS token: reconnecting");
+                let _ = client.disconnect().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain(&mut eventloop)).await;
+            }
+            Outcome::Lost(error) => {
+                let state = if ever_connected { LinkState::Reconnecting } else { LinkState::Connecting };
+                status.set(state, Some(error.clone()));
+                let wait = backoff.mul_f64(0.5 + 0.5 * jitter());
+                tracing::warn!(
+                    %broker,
+                    %error,
+                    waiting = outbox.len(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "MQTT broker unreachable; retrying (events wait in the outbox on disk)"
+                );
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    let (state, error) = status.state.lock().clone();
+    let _ = state;
+    status.set(LinkState::Stopped, error);
+}
+
+/// Hands the client the next events from the outbox, up to the window.
+async fn fill(client: &AsyncClient, outbox: &Arc<Outbox>, topic: &str, status: &MqttStatus, s: &mut Session) {
+    while s.in_flight < WINDOW {
+        let (ob, after, max) = (outbox.clone(), s.cursor, WINDOW - s.in_flight);
+        let batch = match tokio::task::spawn_blocking(move || ob.read_after(after, max)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        for e in batch {
+            let (payload, latency) = stamp(&e.json, e.seq, e.captured_ms);
+            if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_err() {
+                // The client's queue is full: continue after the next poll.
+                return;
+            }
+            s.fifo.push_back(Some(e.seq));
+            s.cursor = e.seq;
+            s.in_flight += 1;
             status.published.fetch_add(1, Ordering::Relaxed);
+            let mut l = status.latencies.lock();
+            if l.len() >= 10_000 {
+                l.pop_front();
+            }
+            l.push_back(latency);
         }
-        // Every producer is gone: say goodbye while the link may still be up.
-        if status.state.lock().0 == LinkState::Connected {
-            let _ = client.publish(&settings.topics.status, QoS::AtLeastOnce, true, "offline").await;
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_secs(3), driver).await;
-        } else {
-            driver.abort();
+    }
+}
+
+/// On shutdown: give in-flight events up to two seconds to be acknowledged,
+/// forget those, publish `offline`, disconnect.
+async fn goodbye(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    cfg: &LinkConfig,
+    outbox: &Arc<Outbox>,
+    status: &MqttStatus,
+    s: &mut Session,
+) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    if let Some(st) = &cfg.topics.status {
+        let _ = client.try_publish(st, QoS::AtLeastOnce, true, "offline");
+        s.fifo.push_back(None);
+    }
+    let _ = client.try_disconnect();
+    while Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if let Some(Some(seq)) = s.fifo.pop_front()
+                    && pkid != 0
+                {
+                    s.pkids.insert(pkid, seq);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if let Some(seq) = s.pkids.remove(&ack.pkid) {
+                    s.acked.push(seq);
+                }
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
         }
-        status.state.lock().0 = LinkState::Stopped;
-    })
+    }
+    let n = s.acked.len() as u64;
+    if outbox.remove(&s.acked).is_ok() {
+        status.acknowledged.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+async fn drain(eventloop: &mut rumqttc::EventLoop) {
+    while let Ok(ev) = eventloop.poll().await {
+        if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+            break;
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    f64::from((n ^ (n >> 7)) % 1000) / 1000.0
 }
 
 /// One line a person can act on.
@@ -211,6 +553,25 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
             format!("the broker refused the connection ({code:?}): check mqtt.username and the password")
         }
         rumqttc::ConnectionError::NetworkTimeout => "no answer from the broker within 5 s".into(),
+        rumqttc::ConnectionError::Tls(t) => format!(
+            "TLS failed ({t}): check mqtt.tls_ca_file (the CA that signed the broker's certificate) and that the URL's host name is in the certificate"
+        ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamping_adds_publish_time_and_latency_inside_the_object() {
+        let captured = SystemTime::now().duration_since(UNIX_EPOCH).expect("now").as_millis() as u64 - 250;
+        let (out, latency) = stamp(br#"{"type":"object.start","id":"x"}"#, 42, captured);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("still JSON");
+        assert_eq!((v["type"].as_str(), v["seq"].as_u64()), (Some("object.start"), Some(42)));
+        assert!(v["published_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+        assert!((250.0..5000.0).contains(&latency), "{latency}");
+        assert_eq!(v["latency_ms"].as_f64(), Some(latency));
     }
 }

@@ -106,6 +106,8 @@ impl Drop for Mosquitto {
 pub struct Subscriber {
     rx: mpsc::Receiver<(String, Vec<u8>)>,
     client: rumqttc::Client,
+    /// Messages that arrived while waiting for another topic, kept in order.
+    pending: std::cell::RefCell<std::collections::VecDeque<(String, Vec<u8>)>>,
 }
 
 impl Subscriber {
@@ -134,17 +136,24 @@ impl Subscriber {
             }
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscription acknowledged");
-        Subscriber { rx, client }
+        Subscriber { rx, client, pending: Default::default() }
     }
 
-    /// The next message on `topic` (others are skipped), or panics after `timeout`.
+    /// The next message on `topic` (messages on other topics are kept for
+    /// later calls), or panics after `timeout`.
     pub fn next_on(&self, topic: &str, timeout: Duration) -> Vec<u8> {
+        {
+            let mut pending = self.pending.borrow_mut();
+            if let Some(i) = pending.iter().position(|(t, _)| t == topic) {
+                return pending.remove(i).map(|(_, p)| p).unwrap_or_default();
+            }
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok((t, payload)) if t == topic => return payload,
-                Ok(_) => {}
+                Ok(other) => self.pending.borrow_mut().push_back(other),
                 Err(_) => panic!("no message on {topic} within {timeout:?}"),
             }
         }
@@ -181,7 +190,12 @@ impl Vigil {
     /// Writes `config` to a temp dir and starts `vigil run` on it; returns once
     /// the web address has been printed.
     pub fn start(config: &str) -> Vigil {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Vigil::start_in(tempfile::tempdir().expect("tempdir"), config)
+    }
+
+    /// Like `start`, in a given directory (whose `vigil-data`, outbox
+    /// included, a previous run may have left).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Vigil {
         let cfg = dir.path().join("vigil.toml");
         std::fs::write(&cfg, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
@@ -244,6 +258,55 @@ impl Vigil {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
+
+    /// SIGKILL: no chance to flush anything. Returns the directory so a new
+    /// run can pick up what this one left on disk.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        dir
+    }
+}
+
+/// Validates a published message against the JSON Schema of its `type`
+/// (schemas/<type>.v1.schema.json); panics with the reason.
+pub fn assert_valid_event(v: &serde_json::Value) {
+    let kind = v["type"].as_str().unwrap_or_else(|| panic!("no type: {v}"));
+    let path = repo_root().join(format!("schemas/{kind}.v1.schema.json"));
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no schema {}", path.display())),
+    )
+    .expect("schema JSON");
+    let validator = jsonschema::validator_for(&schema).expect("valid schema");
+    if let Err(e) = validator.validate(v) {
+        panic!("{kind} does not match its schema: {e}\n{v}");
+    }
+}
+
+/// Events received on a topic, parsed, until `done` says so or `timeout`.
+pub fn collect_events(
+    sub: &Subscriber,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out after {timeout:?}; got {} events: {:?}",
+            out.len(),
+            out.iter().map(|e| e["type"].clone()).collect::<Vec<_>>()
+        );
+        let payload = sub.next_on(topic, left);
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("event JSON");
+        assert_valid_event(&v);
+        out.push(v);
+    }
+    out
 }
 
 impl Drop for Vigil {
@@ -301,6 +364,8 @@ name = "cam1"
 source = "test://ball?width=640&height=480&fps={fps}"
 fps = {fps}
 model = "ball"
+[events]
+publish_detections = true
 "#,
         model = ball_model().display()
     )

@@ -1,0 +1,273 @@
+//! The durable outbox: every event is on disk before it is published and
+//! stays there until the broker acknowledges it.
+//!
+//! ```text
+//!  rules ──events channel (bounded, blocks)──▶ writer: one redb transaction per batch (fsync)
+//!                                                 │ notify
+//!                                                 ▼
+//!                                   MQTT link: publish in sequence order, QoS 1
+//!                                   PUBACK ──▶ delete (batched)
+//!  reconnect / restart / crash ──▶ publish again from the oldest event still stored
+//! ```
+//!
+//! Storage is `redb`, an embedded, crash-safe, pure-Rust key-value store:
+//! keys are a monotonic sequence number (publish order), values are
+//! 8 bytes of capture time (unix ms, for latency at publish) + the event JSON.
+//!
+//! Bound: at most `max_events` and `max_bytes`. When a new batch would exceed
+//! either, the oldest events are deleted to make room, counted in `dropped`
+//! and logged: a box that cannot reach its broker for weeks keeps its most
+//! recent history rather than stopping the line or filling the disk.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// `next_seq` lives here too, so sequence numbers keep rising across
+/// restarts even when the outbox was empty (consumers use them to spot gaps).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Limits on what the outbox holds.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub max_events: u64,
+    pub max_bytes: u64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub seq: u64,
+    pub captured_ms: u64,
+    pub json: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Meta {
+    next_seq: u64,
+    count: u64,
+    bytes: u64,
+}
+
+/// Why the outbox could not do something.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox {what}: {reason}")]
+pub struct OutboxError {
+    what: &'static str,
+    reason: String,
+}
+
+fn err(what: &'static str) -> impl Fn(String) -> OutboxError {
+    move |reason| OutboxError { what, reason }
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    db: Database,
+    meta: Mutex<Meta>,
+    limits: OutboxLimits,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    deleted: AtomicU64,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox file; what a previous run left unsent is
+    /// picked up where it was.
+    pub fn open(path: &Path, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("directory")(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| err("open")(format!("{}: {e}", path.display())))?;
+        let w = db.begin_write().map_err(|e| err("open")(e.to_string()))?;
+        w.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
+        w.open_table(META).map_err(|e| err("open")(e.to_string()))?;
+        w.commit().map_err(|e| err("open")(e.to_string()))?;
+        let r = db.begin_read().map_err(|e| err("open")(e.to_string()))?;
+        let t = r.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
+        let count = t.len().map_err(|e| err("open")(e.to_string()))?;
+        let mut bytes = 0u64;
+        for row in t.iter().map_err(|e| err("open")(e.to_string()))? {
+            let (_, v) = row.map_err(|e| err("open")(e.to_string()))?;
+            bytes += v.value().len() as u64;
+        }
+        let after_last =
+            t.last().map_err(|e| err("open")(e.to_string()))?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        let m = r.open_table(META).map_err(|e| err("open")(e.to_string()))?;
+        let stored =
+            m.get("next_seq").map_err(|e| err("open")(e.to_string()))?.map(|v| v.value()).unwrap_or(1);
+        let next_seq = after_last.max(stored);
+        drop(m);
+        drop(t);
+        drop(r);
+        Ok(Outbox {
+            db,
+            meta: Mutex::new(Meta { next_seq, count, bytes }),
+            limits,
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+        })
+    }
+
+    /// Stores a batch in one transaction (one fsync) and returns the sequence
+    /// numbers given to it. Makes room by dropping the oldest when full.
+    pub fn append(&self, events: &[(u64, Vec<u8>)]) -> Result<std::ops::Range<u64>, OutboxError> {
+        let mut meta = self.meta.lock();
+        let add_bytes: u64 = events.iter().map(|(_, j)| j.len() as u64 + 8).sum();
+        let w = self.db.begin_write().map_err(|e| err("write")(e.to_string()))?;
+        let first = meta.next_seq;
+        let mut dropped = 0u64;
+        {
+            let mut t = w.open_table(EVENTS).map_err(|e| err("write")(e.to_string()))?;
+            while meta.count > 0
+                && (meta.count + events.len() as u64 > self.limits.max_events
+                    || meta.bytes + add_bytes > self.limits.max_bytes)
+            {
+                let Some((_, v)) = t.pop_first().map_err(|e| err("write")(e.to_string()))? else { break };
+                meta.count -= 1;
+                meta.bytes -= v.value().len() as u64;
+                dropped += 1;
+            }
+            let mut buf = Vec::new();
+            for (captured_ms, json) in events {
+                buf.clear();
+                buf.extend_from_slice(&captured_ms.to_le_bytes());
+                buf.extend_from_slice(json);
+                t.insert(meta.next_seq, buf.as_slice()).map_err(|e| err("write")(e.to_string()))?;
+                meta.next_seq += 1;
+                meta.count += 1;
+                meta.bytes += buf.len() as u64;
+            }
+            let mut m = w.open_table(META).map_err(|e| err("write")(e.to_string()))?;
+            m.insert("next_seq", meta.next_seq).map_err(|e| err("write")(e.to_string()))?;
+        }
+        w.commit().map_err(|e| err("write")(e.to_string()))?;
+        self.written.fetch_add(events.len() as u64, Ordering::Relaxed);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::error!(
+                dropped,
+                max_events = self.limits.max_events,
+                max_bytes = self.limits.max_bytes,
+                "outbox full: dropped the oldest undelivered events to make room"
+            );
+        }
+        Ok(first..meta.next_seq)
+    }
+
+    /// Up to `max` events with a sequence number above `after`, in order.
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Stored>, OutboxError> {
+        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+        let t = r.open_table(EVENTS).map_err(|e| err("read")(e.to_string()))?;
+        let mut out = Vec::new();
+        for row in t.range(after.saturating_add(1)..).map_err(|e| err("read")(e.to_string()))?.take(max) {
+            let (k, v) = row.map_err(|e| err("read")(e.to_string()))?;
+            let v = v.value();
+            if v.len() < 8 {
+                continue;
+            }
+            let captured_ms = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+            out.push(Stored { seq: k.value(), captured_ms, json: v[8..].to_vec() });
+        }
+        Ok(out)
+    }
+
+    /// Forgets acknowledged events, in one transaction.
+    pub fn remove(&self, seqs: &[u64]) -> Result<(), OutboxError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock();
+        let w = self.db.begin_write().map_err(|e| err("delete")(e.to_string()))?;
+        let mut n = 0;
+        {
+            let mut t = w.open_table(EVENTS).map_err(|e| err("delete")(e.to_string()))?;
+            for s in seqs {
+                if let Some(v) = t.remove(*s).map_err(|e| err("delete")(e.to_string()))? {
+                    meta.count -= 1;
+                    meta.bytes -= v.value().len() as u64;
+                    n += 1;
+                }
+            }
+        }
+        w.commit().map_err(|e| err("delete")(e.to_string()))?;
+        self.deleted.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Events waiting for the broker.
+    pub fn len(&self) -> u64 {
+        self.meta.lock().count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.meta.lock().bytes
+    }
+
+    /// Counters: written, delivered (deleted after PUBACK), dropped (full).
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.deleted.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> OutboxLimits {
+        OutboxLimits { max_events: 1000, max_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn keeps_order_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.redb");
+        {
+            let o = Outbox::open(&path, limits()).expect("open");
+            let seqs = o.append(&[(1, b"{\"a\":1}".to_vec()), (2, b"{\"a\":2}".to_vec())]).expect("append");
+            assert_eq!(seqs, 1..3);
+            o.append(&[(3, b"{\"a\":3}".to_vec())]).expect("append");
+            o.remove(&[1]).expect("remove");
+        }
+        // A restart (or a crash after commit) finds what was not acknowledged.
+        let o = Outbox::open(&path, limits()).expect("reopen");
+        assert_eq!(o.len(), 2);
+        let got = o.read_after(0, 10).expect("read");
+        assert_eq!(got.iter().map(|s| (s.seq, s.captured_ms)).collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
+        assert_eq!(got[0].json, b"{\"a\":2}");
+        assert_eq!(o.read_after(2, 10).expect("read").len(), 1);
+        // New events continue the sequence, even after the outbox emptied.
+        assert_eq!(o.append(&[(4, b"{}".to_vec())]).expect("append"), 4..5);
+        o.remove(&[2, 3, 4]).expect("remove");
+        drop(o);
+        let o = Outbox::open(&path, limits()).expect("reopen empty");
+        assert!(o.is_empty());
+        assert_eq!(o.append(&[(5, b"{}".to_vec())]).expect("append"), 5..6);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Outbox::open(&dir.path().join("o.redb"), OutboxLimits { max_events: 3, max_bytes: 1 << 20 })
+            .expect("open");
+        for i in 0..5u64 {
+            o.append(&[(i, format!("{{\"i\":{i}}}").into_bytes())]).expect("append");
+        }
+        assert_eq!(o.len(), 3);
+        let seqs: Vec<u64> = o.read_after(0, 10).expect("read").iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(o.counters(), (5, 0, 2));
+    }
+}
