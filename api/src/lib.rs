@@ -5,6 +5,7 @@
 //!  GET /healthz                            liveness + full health report (JSON)
 //!  GET /api/v1/cameras                     cameras and their status (JSON)
 //!  GET /api/v1/cameras/{name}/snapshot.jpg newest processed frame, boxes drawn
+//!  GET /api/v1/snapshots/{name}            a snapshot stored with an event
 //! ```
 //! Handlers never do CPU work on the async runtime: JPEG encoding runs on the
 //! blocking pool.
@@ -25,6 +26,7 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/cameras", get(cameras))
         .route("/api/v1/cameras/{name}/snapshot.jpg", get(snapshot))
+        .route("/api/v1/snapshots/{name}", get(event_snapshot))
         .with_state(app)
 }
 
@@ -56,6 +58,19 @@ async fn snapshot(State(app): State<Arc<Appliance>>, Path(name): Path<String>) -
             SnapshotError::Encode(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         })?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
+}
+
+/// A snapshot stored with an event (its `snapshot` field points here).
+async fn event_snapshot(
+    State(app): State<Arc<Appliance>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let path = app.snapshots().and_then(|s| s.path(&name)).ok_or_else(|| {
+        ApiError(StatusCode::NOT_FOUND, format!("no snapshot {name:?} (it may have aged out)"))
+    })?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=86400, immutable")], bytes)
+        .into_response())
 }
 
 async fn index() -> Html<&'static str> {

@@ -61,6 +61,29 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Helpers for integrators.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Print the Azure IoT Hub SAS token Vigil would connect with.
+    SasToken {
+        /// IoT Hub host name, e.g. myhub.azure-devices.net.
+        #[arg(long)]
+        hub: String,
+        #[arg(long)]
+        device: String,
+        /// The device's symmetric key (base64).
+        #[arg(long)]
+        key: String,
+        /// Expiry, unix seconds (default: one hour from now).
+        #[arg(long)]
+        expiry: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +113,26 @@ fn main() -> ExitCode {
         Command::Infer(args) => report(infer::run(&args)),
         Command::Bench(args) => report(bench::run(&args)),
         Command::BenchCameras(args) => report(bench_cameras::run(&args)),
+        Command::Tools { command: ToolsCommand::SasToken { hub, device, key, expiry } } => {
+            let expiry = expiry.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+                    + 3600
+            });
+            match vigil_pipeline::azure::sas_token(&format!("{hub}/devices/{device}"), &key, expiry) {
+                Ok(t) => {
+                    println!("username: {}", vigil_pipeline::azure::username(&hub, &device));
+                    println!("password: {t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vigil: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Models { command: ModelsCommand::Inspect(args) } => match inspect::run(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(EXIT_CONFIG),

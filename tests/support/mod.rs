@@ -46,6 +46,8 @@ pub struct Mosquitto {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra configuration (TLS listeners...) appended to the generated file.
+    extra: String,
 }
 
 impl Mosquitto {
@@ -54,22 +56,53 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
+        Mosquitto::start_with(port, "")
+    }
+
+    /// With extra `mosquitto.conf` lines (e.g. a TLS listener).
+    pub fn start_with(port: u16, extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut m = Mosquitto { port, child: None, dir };
+        let mut m = Mosquitto { port, child: None, dir, extra: extra.to_owned() };
         m.restart();
         m
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// (Re)starts the broker on the same port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let conf = self.dir.path().join("mosquitto.conf");
+        // Persistence on: a broker stopped and started keeps its sessions,
+        // so a test subscriber with a persistent session misses nothing.
+        // `user`: started as root, Mosquitto would switch to its own user,
+        // which cannot read this test's private temp files (TLS keys).
+        let me = Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
         std::fs::write(
             &conf,
-            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port),
+            format!(
+                "user {}\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_type all\nconnection_messages true\n{}",
+                me.unwrap_or_else(|_| "root".into()),
+                self.port,
+                self.dir.path().display(),
+                self.extra
+            ),
         )
         .expect("write mosquitto.conf");
-        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("log");
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -87,6 +120,14 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: the broker saves its sessions and exits.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
     }
@@ -112,11 +153,26 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, topic: &str) -> Subscriber {
+        Subscriber::connect_with(port, topic, false)
+    }
+
+    /// A subscriber whose session the broker keeps while it is away (and
+    /// across a broker restart with persistence): QoS 1 messages published
+    /// meanwhile wait for it.
+    pub fn connect_persistent(port: u16, topic: &str) -> Subscriber {
+        Subscriber::connect_with(port, topic, true)
+    }
+
+    fn connect_with(port: u16, topic: &str, persistent: bool) -> Subscriber {
         let id = format!("test-sub-{}", std::process::id() as u64 * 1000 + u64::from(free_port()));
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut conn) = rumqttc::Client::new(opts, 100);
+        opts.set_clean_session(!persistent);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::Client::new(opts, 1000);
         client.subscribe(topic, rumqttc::QoS::AtLeastOnce).expect("subscribe");
+        let resubscribe = client.clone();
+        let topic_owned = topic.to_owned();
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -124,6 +180,10 @@ impl Subscriber {
                 match ev {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         let _ = ready_tx.send(());
+                    }
+                    // A new session (broker restarted without ours): subscribe again.
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) if !ack.session_present => {
+                        let _ = resubscribe.try_subscribe(&topic_owned, rumqttc::QoS::AtLeastOnce);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                         if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
@@ -486,4 +546,46 @@ pub fn make_clip(path: &Path, frames: u32, fps: u32) {
         .status()
         .expect("gst-launch-1.0 (deploy/bootstrap.sh installs it)");
     assert!(status.success());
+}
+
+/// An MJPEG AVI of a white ball crossing a black frame once, left to right,
+/// at mid-height, then `empty` frames of nothing: exactly one object, one pass.
+pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h, r) = (640usize, 480usize, 20.0f32);
+    let mut x = -r;
+    let mut n = 0;
+    let mut frame = |cx: Option<f32>, n: usize| {
+        let mut rgb = vec![0u8; w * h * 3];
+        if let Some(cx) = cx {
+            for y in 0..h {
+                for xx in 0..w {
+                    let (px, py) = (xx as f32 + 0.5, y as f32 + 0.5);
+                    if (px - cx).powi(2) + (py - 240.0).powi(2) <= r * r {
+                        rgb[(y * w + xx) * 3..(y * w + xx) * 3 + 3].fill(255);
+                    }
+                }
+            }
+        }
+        let jpeg = vigil_pipeline::annotate::encode_jpeg(&rgb, w as u32, h as u32, 90).expect("jpeg");
+        std::fs::write(dir.path().join(format!("{n:05}.jpg")), jpeg).expect("frame");
+    };
+    while x <= w as f32 + r {
+        frame(Some(x), n);
+        n += 1;
+        x += step_px;
+    }
+    for _ in 0..empty {
+        frame(None, n);
+        n += 1;
+    }
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "multifilesrc"])
+        .arg(format!("location={}/%05d.jpg", dir.path().display()))
+        .arg(format!("caps=image/jpeg,framerate={fps}/1"))
+        .args(["!", "avimux", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success(), "making the clip");
 }
