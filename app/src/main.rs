@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_cameras;
+mod bench_events;
 mod infer;
 mod inspect;
 use vigil_pipeline::{Appliance, LoadedConfig};
@@ -56,6 +57,9 @@ enum Command {
     /// Measure each camera of a config: fps, decode+convert CPU per frame,
     /// latency to inference; then memory over many reconnects.
     BenchCameras(bench_cameras::BenchCamerasArgs),
+    /// Measure the event side: tracker and rules per frame, outbox writes,
+    /// delivery to a broker and its latency.
+    BenchEvents(bench_events::BenchEventsArgs),
     /// Work with model files.
     Models {
         #[command(subcommand)]
@@ -99,8 +103,11 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Benchmarks reconnect on purpose: their own output is the report.
-    let default_filter =
-        if matches!(cli.command, Command::BenchCameras(_)) { "error" } else { "info,ort=warn" };
+    let default_filter = if matches!(cli.command, Command::BenchCameras(_) | Command::BenchEvents(_)) {
+        "error"
+    } else {
+        "info,ort=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
@@ -113,6 +120,7 @@ fn main() -> ExitCode {
         Command::Infer(args) => report(infer::run(&args)),
         Command::Bench(args) => report(bench::run(&args)),
         Command::BenchCameras(args) => report(bench_cameras::run(&args)),
+        Command::BenchEvents(args) => report(bench_events::run(&args)),
         Command::Tools { command: ToolsCommand::SasToken { hub, device, key, expiry } } => {
             let expiry = expiry.unwrap_or_else(|| {
                 std::time::SystemTime::now()

@@ -88,6 +88,27 @@ impl Frame {
         }
     }
 
+    /// The same pixels as `other`, as frame `seq` captured at `at`: for
+    /// benchmarks and tests that replay one image over time.
+    pub fn from_rgb_at(camera: &str, seq: u64, other: &Frame, at: SystemTime) -> Frame {
+        let i = &other.inner;
+        Frame {
+            inner: Arc::new(FrameInner {
+                camera: camera.into(),
+                seq,
+                captured_at: at,
+                captured_instant: Instant::now(),
+                pts: None,
+                source_latency: None,
+                width: i.width,
+                height: i.height,
+                stride: i.stride,
+                offset: i.offset,
+                pixels: i.pixels.clone(),
+            }),
+        }
+    }
+
     pub fn camera(&self) -> &str {
         &self.inner.camera
     }

@@ -128,6 +128,11 @@ impl MqttStatus {
         self.latencies.lock().iter().copied().collect()
     }
 
+    /// The recent latencies, forgetting them (to measure from now on).
+    pub fn take_latencies(&self) -> Vec<f64> {
+        self.latencies.lock().drain(..).collect()
+    }
+
     fn set(&self, state: LinkState, error: Option<String>) {
         *self.state.lock() = (state, error);
     }
@@ -337,6 +342,7 @@ async fn run(
         let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 16);
         eventloop.network_options.set_connection_timeout(5);
         let mut s = Session::default();
+        let mut last_forget = Instant::now();
         let renew = async {
             match renew_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -348,7 +354,12 @@ async fn run(
             if s.connected {
                 fill(&client, &outbox, &cfg.topics.events, &status, &mut s).await;
             }
-            if !s.acked.is_empty() {
+            // Acknowledged events are forgotten in batches: one transaction
+            // per 64 acks, or after 20 ms at the latest.
+            if !s.acked.is_empty()
+                && (s.acked.len() >= 64 || last_forget.elapsed() >= Duration::from_millis(20))
+            {
+                last_forget = Instant::now();
                 let acked = std::mem::take(&mut s.acked);
                 let n = acked.len() as u64;
                 let ob = outbox.clone();
@@ -409,6 +420,7 @@ async fn run(
                     Err(e) => break Outcome::Lost(describe(&e)),
                 },
                 _ = wake.notified(), if s.connected => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)), if !s.acked.is_empty() => {}
                 d = detections.recv(), if s.connected => {
                     if let (Some(d), Some(topic)) = (d, &cfg.topics.detections) {
                         match client.try_publish(topic, QoS::AtMostOnce, false, d) {

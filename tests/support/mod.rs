@@ -555,7 +555,7 @@ pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
     let (w, h, r) = (640usize, 480usize, 20.0f32);
     let mut x = -r;
     let mut n = 0;
-    let mut frame = |cx: Option<f32>, n: usize| {
+    let frame = |cx: Option<f32>, n: usize| {
         let mut rgb = vec![0u8; w * h * 3];
         if let Some(cx) = cx {
             for y in 0..h {
@@ -583,7 +583,7 @@ pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
         .args(["-q", "multifilesrc"])
         .arg(format!("location={}/%05d.jpg", dir.path().display()))
         .arg(format!("caps=image/jpeg,framerate={fps}/1"))
-        .args(["!", "avimux", "!", "filesink"])
+        .args(["!", "jpegparse", "!", "avimux", "!", "filesink"])
         .arg(format!("location={}", path.display()))
         .status()
         .expect("gst-launch-1.0");
