@@ -279,7 +279,7 @@ impl Appliance {
                     hub: hub.clone(),
                     device: device.clone(),
                     key: key.clone(),
-                    token_ttl: Duration::from_secs(cfg.mqtt.azure_token_ttl_s.max(60)),
+                    token_ttl: Duration::from_secs(cfg.mqtt.azure_token_ttl_s.max(10)),
                 }),
             ),
             None => (Topics::new(&cfg.mqtt.topic_prefix, &cfg.device_id, ev.publish_detections), None),

@@ -169,7 +169,7 @@ pub struct MqttConfig {
     pub azure_device_key_file: Option<PathBuf>,
     #[serde(default)]
     pub azure_device_key_env: Option<String>,
-    /// Lifetime of each SAS token; renewed at 80 % of it.
+    /// Lifetime of each SAS token in seconds (at least 10); renewed at 80 % of it.
     #[serde(default = "default_token_ttl_s")]
     pub azure_token_ttl_s: u64,
 }

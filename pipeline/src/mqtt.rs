@@ -326,6 +326,7 @@ async fn run(
 ) {
     let broker = status.broker.clone();
     let mut backoff = BACKOFF_INITIAL;
+    let mut detections_open = true;
     let mut ever_connected = false;
     loop {
         let (opts, renew_at) = match options(&cfg) {
@@ -421,15 +422,17 @@ async fn run(
                 },
                 _ = wake.notified(), if s.connected => {}
                 _ = tokio::time::sleep(Duration::from_millis(20)), if !s.acked.is_empty() => {}
-                d = detections.recv(), if s.connected => {
-                    if let (Some(d), Some(topic)) = (d, &cfg.topics.detections) {
-                        match client.try_publish(topic, QoS::AtMostOnce, false, d) {
-                            Ok(()) => s.fifo.push_back(None),
-                            Err(_) => status.note_detection_dropped(),
-                        }
-                    }
-                }
                 _ = &mut renew => break Outcome::Renew,
+                // A closed channel (detections not published) would be ready
+                // forever: the branch is switched off, or the loop would spin.
+                d = detections.recv(), if s.connected && detections_open => match (d, &cfg.topics.detections) {
+                    (Some(d), Some(topic)) => match client.try_publish(topic, QoS::AtMostOnce, false, d) {
+                        Ok(()) => s.fifo.push_back(None),
+                        Err(_) => status.note_detection_dropped(),
+                    },
+                    (Some(_), None) => {}
+                    (None, _) => detections_open = false,
+                },
             }
         };
         match outcome {

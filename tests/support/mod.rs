@@ -319,6 +319,14 @@ impl Vigil {
         self.child.try_wait().expect("wait").is_none()
     }
 
+    /// SIGTERM, wait for the exit, and keep the directory for another run.
+    pub fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     /// SIGKILL: no chance to flush anything. Returns the directory so a new
     /// run can pick up what this one left on disk.
     pub fn kill(mut self) -> tempfile::TempDir {
