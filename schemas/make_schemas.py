@@ -61,7 +61,11 @@ ENVELOPE = {
         "type": "object",
         "additionalProperties": False,
         "required": ["name", "sha256"],
-        "properties": {"name": {"type": "string"}, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+        "properties": {
+            "name": {"type": "string", "description": "The model slot."},
+            "version": {"type": "integer", "minimum": 1, "description": "Version within the slot (1: the file the config names)."},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
     },
     "seq": {
         "description": "The device's event sequence number: consecutive and rising across restarts, so a consumer can spot a gap (an event dropped from a full outbox).",

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -220,6 +221,19 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
         anyhow::anyhow!("cannot listen on {} (http.listen): {e}; pick another port", loaded.listen)
     })?;
     let addr = listener.local_addr()?;
+    let token = vigil_pipeline::config::api_token(&loaded).map_err(anyhow::Error::msg)?;
+    if token.is_none() {
+        tracing::warn!(
+            "http.auth = \"none\": the API and model uploads are open to anyone who can reach {addr}"
+        );
+    }
+    let signing_key = match &loaded.config.http.model_signing_key {
+        Some(k) => Some(
+            vigil_pipeline::models::read_verifying_key(&loaded.base_dir.join(k))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let app = Appliance::start(&loaded)?;
 
     let shown: SocketAddr =
@@ -227,6 +241,19 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "vigil {} running as device {:?}", env!("CARGO_PKG_VERSION"), app.device());
     let _ = writeln!(out, "  web page: http://{shown}/");
+    match &loaded.config.http.auth {
+        vigil_pipeline::config::AuthMode::Token => {
+            let file = match (&loaded.config.http.token_env, &loaded.config.http.token_file) {
+                (Some(var), _) => format!("${var}"),
+                (None, Some(f)) => loaded.base_dir.join(f).display().to_string(),
+                (None, None) => loaded.data_dir.join("api-token").display().to_string(),
+            };
+            let _ = writeln!(out, "  api token: {file}");
+        }
+        vigil_pipeline::config::AuthMode::None => {
+            let _ = writeln!(out, "  api token: none (http.auth = \"none\")");
+        }
+    }
     let _ = writeln!(
         out,
         "  events:   mosquitto_sub -h {} -p {} -t '{}' -v",
@@ -237,7 +264,17 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     let _ = out.flush();
     drop(out);
 
-    let router = vigil_api::router(app.clone());
+    let h = &loaded.config.http;
+    let router = vigil_api::router(
+        app.clone(),
+        vigil_api::ApiSettings {
+            token: token.map(Arc::from),
+            max_upload_bytes: h.max_upload_mb * 1024 * 1024,
+            request_timeout: Duration::from_secs(h.request_timeout_s),
+            signing_key,
+            mjpeg_fps: h.mjpeg_fps,
+        },
+    );
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down");
     app.shutdown(Duration::from_secs(5)).await;

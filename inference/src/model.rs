@@ -32,6 +32,8 @@ pub struct ModelOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
     pub name: String,
+    /// Version within its slot (1: the file the config names; uploads count up).
+    pub version: u32,
     pub path: PathBuf,
     /// Of the file's bytes as loaded: names the exact version in every event.
     pub sha256: String,
@@ -229,6 +231,7 @@ impl Detector {
             plan.labels.iter().map(|l| plan.thresholds.class_confidence.get(l).copied()).collect();
         let info = ModelInfo {
             name: name.to_owned(),
+            version: 1,
             path: path.to_owned(),
             sha256: hex(&Sha256::digest(&bytes)),
             size_bytes: bytes.len() as u64,
@@ -257,6 +260,11 @@ impl Detector {
 
     pub fn info(&self) -> &Arc<ModelInfo> {
         &self.info
+    }
+
+    /// Records the version this detector is within its slot (it appears in events).
+    pub fn set_version(&mut self, version: u32) {
+        Arc::make_mut(&mut self.info).version = version;
     }
 
     /// Runs the model on one image.

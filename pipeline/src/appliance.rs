@@ -14,7 +14,7 @@
 //! Inference and event logic run on the camera's own OS thread, never on the
 //! async runtime; disk writes run on the blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -22,14 +22,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vigil_camera::{Camera, Frame, FrameSlot};
-use vigil_inference::{Detector, ImageView, ModelInfo, Prediction, Scratch, runtime};
+use vigil_inference::{ImageView, ModelInfo, Prediction, Scratch, runtime};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
 use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
+use crate::metrics::{StageMetrics, escape};
+use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::rules::RuleState;
@@ -68,14 +70,23 @@ struct CameraRuntime {
     source: String,
     command: PendingCommand,
     line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    stages: Arc<StageMetrics>,
+    /// For the fps gauges: (when, received, processed) at the last scrape.
+    rate_sample: Mutex<Option<(Instant, u64, u64)>>,
 }
+
+/// How many recent events the API keeps in memory.
+const RECENT_EVENTS: usize = 1000;
 
 /// A running Vigil.
 #[derive(Debug)]
 pub struct Appliance {
     device: String,
     cameras: Vec<CameraRuntime>,
-    models: HashMap<String, Arc<Detector>>,
+    models: HashMap<String, Arc<ModelSlot>>,
+    /// For events the API causes (model swaps); dropped at shutdown so the
+    /// writer sees the channel close.
+    api_events: Mutex<Option<mpsc::Sender<Emitted>>>,
     model_order: Vec<String>,
     mqtt: Arc<MqttStatus>,
     outbox: Arc<Outbox>,
@@ -86,6 +97,9 @@ pub struct Appliance {
     started: Instant,
     ort_library: String,
     topics: Topics,
+    recent: Arc<Mutex<VecDeque<Arc<serde_json::Value>>>>,
+    live: broadcast::Sender<Arc<serde_json::Value>>,
+    config: crate::config::Config,
 }
 
 /// Everything `/healthz` reports.
@@ -158,6 +172,7 @@ pub struct LineCount {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelHealth {
     pub name: String,
+    pub version: u32,
     pub sha256: String,
     pub decoder: &'static str,
     pub labels: Vec<String>,
@@ -216,20 +231,36 @@ impl Appliance {
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
         for m in &cfg.models {
-            let det = Detector::load(&m.name, &m.path, m.options())
+            let cameras: Vec<String> = cfg
+                .cameras
+                .iter()
+                .filter(|c| c.model.as_ref() == Some(&m.name))
+                .map(|c| c.name.clone())
+                .collect();
+            let mut required: Vec<String> = cfg
+                .rules
+                .iter()
+                .filter(|r| cameras.contains(&r.camera))
+                .flat_map(|r| r.watched_labels())
+                .collect();
+            required.sort();
+            required.dedup();
+            let slot = ModelSlot::open(&m.name, &m.path, m.options(), &loaded.data_dir, cameras, required)
                 .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
+            let det = slot.current();
             tracing::info!(
                 model = %m.name,
+                version = det.info().version,
                 sha256 = %det.info().sha256,
                 decoder = det.info().decoder().as_str(),
                 provider = %det.info().provider.active,
                 "model loaded"
             );
-            models.insert(m.name.clone(), Arc::new(det));
+            models.insert(m.name.clone(), Arc::new(slot));
             model_order.push(m.name.clone());
         }
         let label_problems =
-            check_rule_labels(loaded, &|m| models.get(m).map(|d| d.info().labels().to_vec()));
+            check_rule_labels(loaded, &|m| models.get(m).map(|s| s.current().info().labels().to_vec()));
         if let Some(p) = label_problems.into_iter().next() {
             return Err(StartError::Config(p));
         }
@@ -309,19 +340,38 @@ impl Appliance {
             link_stop.clone(),
         );
 
-        // The writer: batches of events, one transaction each, then a nudge to the link.
+        // The writer: batches of events, one transaction each, then a nudge to
+        // the link; each stored event also goes to the API's recent list and
+        // live stream, with the sequence number the outbox gave it.
         let (ev_tx, mut ev_rx) = mpsc::channel::<Emitted>(EVENT_QUEUE);
+        let recent: Arc<Mutex<VecDeque<Arc<serde_json::Value>>>> = Arc::default();
+        let (live, _) = broadcast::channel(256);
         let writer = {
-            let (outbox, wake) = (outbox.clone(), wake.clone());
+            let (outbox, wake, recent, live) = (outbox.clone(), wake.clone(), recent.clone(), live.clone());
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(256);
                 while ev_rx.recv_many(&mut batch, 256).await > 0 {
+                    let jsons: Vec<Vec<u8>> = batch.iter().map(|e| e.json.clone()).collect();
                     let rows: Vec<(u64, Vec<u8>)> =
                         batch.drain(..).map(|e| (e.captured_ms, e.json)).collect();
                     let n = rows.len();
                     let ob = outbox.clone();
                     match tokio::task::spawn_blocking(move || ob.append(&rows)).await {
-                        Ok(Ok(_)) => wake.notify_one(),
+                        Ok(Ok(seqs)) => {
+                            wake.notify_one();
+                            let mut r = recent.lock();
+                            for (json, seq) in jsons.iter().zip(seqs) {
+                                if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(json) {
+                                    m.insert("seq".into(), seq.into());
+                                    let v = Arc::new(serde_json::Value::Object(m));
+                                    if r.len() >= RECENT_EVENTS {
+                                        r.pop_front();
+                                    }
+                                    r.push_back(v.clone());
+                                    let _ = live.send(v);
+                                }
+                            }
+                        }
                         Ok(Err(e)) => tracing::error!(error = %e, lost = n, "could not store events"),
                         Err(e) => tracing::error!(error = %e, lost = n, "outbox writer failed"),
                     }
@@ -333,7 +383,7 @@ impl Appliance {
         let publish_detections = topics.detections.is_some();
         let mut cameras = Vec::new();
         for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
-            let detector = c.model.as_ref().map(|m| models[m].clone());
+            let model_slot = c.model.as_ref().map(|m| models[m].clone());
             let slot = FrameSlot::new();
             let (camera, failed, source) = match source {
                 Ok(source) => (
@@ -347,7 +397,8 @@ impl Appliance {
                     (None, Some(e.clone()), vigil_camera::redact(&c.source))
                 }
             };
-            let confidence = detector.as_ref().map(|d| d.info().plan.thresholds.confidence).unwrap_or(0.25);
+            let confidence =
+                model_slot.as_ref().map(|s| s.current().info().plan.thresholds.confidence).unwrap_or(0.25);
             let rules: Vec<RuleState> = cfg
                 .rules
                 .iter()
@@ -380,12 +431,14 @@ impl Appliance {
                 source,
                 command: Arc::default(),
                 line_counts: Arc::default(),
+                stages: Arc::default(),
+                rate_sample: Mutex::new(None),
             };
             let worker = spawn_worker(Worker {
                 device: cfg.device_id.clone(),
                 camera: c.name.clone(),
                 slot,
-                detector,
+                model_slot,
                 events,
                 events_tx: ev_tx.clone(),
                 detections_tx: publish_detections.then(|| det_tx.clone()),
@@ -395,13 +448,14 @@ impl Appliance {
                 errors: rt.inference_errors.clone(),
                 command: rt.command.clone(),
                 line_counts: rt.line_counts.clone(),
+                stages: rt.stages.clone(),
             });
             *rt.worker.lock() = Some(worker);
             cameras.push(rt);
         }
-        // Only the workers hold event senders now: when they all stop, the
-        // writer sees the channel close and finishes.
-        drop(ev_tx);
+        // Only the workers and the API hold event senders now: when they are
+        // all gone, the writer sees the channel close and finishes.
+        let api_events = Mutex::new(Some(ev_tx));
         drop(det_tx);
 
         // Inspection commands, to the camera they name.
@@ -425,6 +479,7 @@ impl Appliance {
             device: cfg.device_id.clone(),
             cameras,
             models,
+            api_events,
             model_order,
             mqtt: status,
             outbox,
@@ -435,6 +490,9 @@ impl Appliance {
             started: Instant::now(),
             ort_library: rt.library.display().to_string(),
             topics,
+            recent,
+            live,
+            config: cfg.clone(),
         }))
     }
 
@@ -448,6 +506,291 @@ impl Appliance {
 
     pub fn camera_names(&self) -> Vec<String> {
         self.cameras.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// A model slot by name.
+    pub fn model(&self, slot: &str) -> Option<&Arc<ModelSlot>> {
+        self.models.get(slot)
+    }
+
+    /// Every model slot, in config order.
+    pub fn model_slots(&self) -> Vec<Arc<ModelSlot>> {
+        self.model_order.iter().map(|n| self.models[n].clone()).collect()
+    }
+
+    /// The newest frames of the cameras using `slot`: warm-up material for a new version.
+    fn frames_for(&self, slot: &ModelSlot) -> Vec<Frame> {
+        self.cameras
+            .iter()
+            .filter(|c| slot.cameras.contains(&c.name))
+            .filter_map(|c| c.latest.lock().as_ref().map(|p| p.frame.clone()))
+            .collect()
+    }
+
+    /// Activates `version` of `slot` (see [`ModelSlot::activate`]) and
+    /// publishes `model.activated`.
+    pub async fn activate(&self, slot: &str, version: u32) -> Result<Activation, ModelError> {
+        let s = self
+            .models
+            .get(slot)
+            .ok_or_else(|| ModelError::NotFound(format!("no model slot {slot:?}")))?
+            .clone();
+        let a = s.activate(version, self.frames_for(&s)).await?;
+        self.announce(&a).await;
+        Ok(a)
+    }
+
+    /// Rolls `slot` back to its previous version and publishes `model.activated`.
+    pub async fn rollback(&self, slot: &str) -> Result<Activation, ModelError> {
+        let s = self
+            .models
+            .get(slot)
+            .ok_or_else(|| ModelError::NotFound(format!("no model slot {slot:?}")))?
+            .clone();
+        let a = s.rollback(self.frames_for(&s)).await?;
+        self.announce(&a).await;
+        Ok(a)
+    }
+
+    async fn announce(&self, a: &Activation) {
+        let now = SystemTime::now();
+        let id = uuid::Uuid::now_v7();
+        let v = serde_json::json!({
+            "schema_version": crate::event::SCHEMA_VERSION,
+            "type": "model.activated",
+            "id": id.to_string(),
+            "device": self.device,
+            "time": crate::event::rfc3339(now),
+            "model": { "name": a.slot, "version": a.version, "sha256": a.sha256 },
+            "slot": a.slot,
+            "version": a.version,
+            "previous": a.previous,
+            "switch_ms": a.switch_ms,
+        });
+        let captured_ms =
+            now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let e = Emitted {
+            kind: "model.activated",
+            id,
+            captured_ms,
+            json: serde_json::to_vec(&v).unwrap_or_default(),
+        };
+        let tx = self.api_events.lock().clone();
+        if let Some(tx) = tx
+            && tx.send(e).await.is_err()
+        {
+            tracing::error!("model.activated not recorded: shutting down");
+        }
+    }
+
+    /// Recent events, newest last, filtered by camera, type, and `seq` above `after`.
+    pub fn recent_events(
+        &self,
+        camera: Option<&str>,
+        kind: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Vec<Arc<serde_json::Value>> {
+        let r = self.recent.lock();
+        let mut v: Vec<Arc<serde_json::Value>> = r
+            .iter()
+            .filter(|e| camera.is_none_or(|c| e["camera"] == c))
+            .filter(|e| kind.is_none_or(|k| e["type"] == k))
+            .filter(|e| after.is_none_or(|a| e["seq"].as_u64().is_some_and(|s| s > a)))
+            .cloned()
+            .collect();
+        if v.len() > limit {
+            v.drain(..v.len() - limit);
+        }
+        v
+    }
+
+    /// Every event from now on, as it is stored (a slow reader skips events
+    /// rather than holding anything up).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<serde_json::Value>> {
+        self.live.subscribe()
+    }
+
+    /// The newest processed frame of a camera.
+    pub fn latest(&self, camera: &str) -> Option<Arc<Processed>> {
+        self.cameras.iter().find(|c| c.name == camera).and_then(|c| c.latest.lock().clone())
+    }
+
+    /// The configuration in effect, secrets left out.
+    pub fn config(&self) -> &crate::config::Config {
+        &self.config
+    }
+
+    /// Ready to serve: every camera past `starting` (streaming, or failed or
+    /// reconnecting with a reason). Returns what is not ready.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let waiting: Vec<String> = self
+            .health()
+            .cameras
+            .into_iter()
+            .filter(|c| c.state == "starting")
+            .map(|c| format!("camera {} is starting", c.name))
+            .collect();
+        if waiting.is_empty() { Ok(()) } else { Err(waiting) }
+    }
+
+    /// Everything `/metrics` reports, in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let h = self.health();
+        let mut o = String::with_capacity(16 * 1024);
+        let help = |o: &mut String, name: &str, kind: &str, text: &str| {
+            let _ = writeln!(o, "# HELP {name} {text}\n# TYPE {name} {kind}");
+        };
+        help(
+            &mut o,
+            "vigil_camera_frames_total",
+            "counter",
+            "Frames per camera by stage: received from the decoder, processed by the model.",
+        );
+        for c in &h.cameras {
+            let n = escape(&c.name);
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_total{{camera=\"{n}\",stage=\"received\"}} {}",
+                c.frames_received
+            );
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_total{{camera=\"{n}\",stage=\"processed\"}} {}",
+                c.frames_processed
+            );
+        }
+        help(
+            &mut o,
+            "vigil_camera_frames_dropped_total",
+            "counter",
+            "Frames dropped, by reason: busy (the model was slower than the camera; newest frame wins), rate (the camera's fps limit).",
+        );
+        for c in &h.cameras {
+            let n = escape(&c.name);
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_dropped_total{{camera=\"{n}\",reason=\"busy\"}} {}",
+                c.frames_dropped_busy
+            );
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_dropped_total{{camera=\"{n}\",reason=\"rate\"}} {}",
+                c.frames_dropped_rate
+            );
+        }
+        help(
+            &mut o,
+            "vigil_camera_fps",
+            "gauge",
+            "Frames per second since the previous scrape, received and processed.",
+        );
+        for c in &self.cameras {
+            let hc = h.cameras.iter().find(|x| x.name == c.name);
+            let (rx, px) = hc.map(|x| (x.frames_received, x.frames_processed)).unwrap_or((0, 0));
+            let now = Instant::now();
+            let mut sample = c.rate_sample.lock();
+            let (rf, pf) = match *sample {
+                Some((t, r0, p0)) if now.duration_since(t).as_secs_f64() > 0.2 => {
+                    let dt = now.duration_since(t).as_secs_f64();
+                    ((rx.saturating_sub(r0)) as f64 / dt, (px.saturating_sub(p0)) as f64 / dt)
+                }
+                _ => (0.0, 0.0),
+            };
+            *sample = Some((now, rx, px));
+            let n = escape(&c.name);
+            let _ = writeln!(o, "vigil_camera_fps{{camera=\"{n}\",stage=\"received\"}} {rf:.2}");
+            let _ = writeln!(o, "vigil_camera_fps{{camera=\"{n}\",stage=\"processed\"}} {pf:.2}");
+        }
+        help(
+            &mut o,
+            "vigil_camera_reconnects_total",
+            "counter",
+            "Pipeline rebuilds after an error, an end of stream or a stall.",
+        );
+        help(&mut o, "vigil_camera_up", "gauge", "1 when the camera is streaming.");
+        help(&mut o, "vigil_inference_errors_total", "counter", "Frames the model failed on.");
+        for c in &h.cameras {
+            let n = escape(&c.name);
+            let _ = writeln!(o, "vigil_camera_reconnects_total{{camera=\"{n}\"}} {}", c.reconnects);
+            let _ = writeln!(
+                o,
+                "vigil_camera_up{{camera=\"{n}\",state=\"{}\"}} {}",
+                c.state,
+                u8::from(c.state == "streaming")
+            );
+            let _ = writeln!(o, "vigil_inference_errors_total{{camera=\"{n}\"}} {}", c.inference_errors);
+        }
+        help(
+            &mut o,
+            "vigil_stage_seconds",
+            "histogram",
+            "Time per frame by stage: queue (capture to the model picking the frame up), preprocess, inference (session.run), postprocess, events (tracker, zones, rules).",
+        );
+        for c in &self.cameras {
+            c.stages.render(&c.name, &mut o);
+        }
+        help(
+            &mut o,
+            "vigil_capture_to_publish_seconds",
+            "histogram",
+            "From a frame's capture to its event being handed to the MQTT client.",
+        );
+        self.mqtt.latency_histogram.render("vigil_capture_to_publish_seconds", "", &mut o);
+        help(&mut o, "vigil_outbox_events", "gauge", "Events on disk waiting for the broker.");
+        let _ = writeln!(o, "vigil_outbox_events {}", h.outbox.waiting);
+        help(&mut o, "vigil_outbox_bytes", "gauge", "Bytes of events waiting.");
+        let _ = writeln!(o, "vigil_outbox_bytes {}", h.outbox.bytes);
+        help(
+            &mut o,
+            "vigil_outbox_events_total",
+            "counter",
+            "Events written, delivered (acknowledged), dropped (outbox full).",
+        );
+        let _ = writeln!(o, "vigil_outbox_events_total{{result=\"written\"}} {}", h.outbox.written);
+        let _ = writeln!(o, "vigil_outbox_events_total{{result=\"delivered\"}} {}", h.outbox.delivered);
+        let _ = writeln!(o, "vigil_outbox_events_total{{result=\"dropped\"}} {}", h.outbox.dropped);
+        help(
+            &mut o,
+            "vigil_snapshots_total",
+            "counter",
+            "Event snapshots written, and skipped because the encoder was busy.",
+        );
+        let _ = writeln!(o, "vigil_snapshots_total{{result=\"written\"}} {}", h.outbox.snapshots_written);
+        let _ = writeln!(o, "vigil_snapshots_total{{result=\"dropped\"}} {}", h.outbox.snapshots_dropped);
+        help(&mut o, "vigil_mqtt_connected", "gauge", "1 while connected to the broker.");
+        let _ = writeln!(o, "vigil_mqtt_connected {}", u8::from(h.mqtt.state == mqtt::LinkState::Connected));
+        help(&mut o, "vigil_mqtt_connects_total", "counter", "Connections made to the broker.");
+        let _ = writeln!(o, "vigil_mqtt_connects_total {}", h.mqtt.connects);
+        help(
+            &mut o,
+            "vigil_mqtt_detections_dropped_total",
+            "counter",
+            "Per-frame detection messages not sent (link down or busy).",
+        );
+        let _ = writeln!(o, "vigil_mqtt_detections_dropped_total {}", h.mqtt.detections_dropped);
+        help(
+            &mut o,
+            "vigil_model_info",
+            "gauge",
+            "The model version serving each slot, with its execution provider.",
+        );
+        for m in &h.models {
+            let _ = writeln!(
+                o,
+                "vigil_model_info{{slot=\"{}\",version=\"{}\",sha256=\"{}\",decoder=\"{}\",provider_requested=\"{}\",provider=\"{}\"}} 1",
+                escape(&m.name),
+                m.version,
+                m.sha256,
+                m.decoder,
+                m.provider.requested,
+                m.provider.active
+            );
+        }
+        help(&mut o, "vigil_uptime_seconds", "gauge", "Seconds since start.");
+        let _ = writeln!(o, "vigil_uptime_seconds {}", h.uptime_s);
+        o
     }
 
     pub fn mqtt_status(&self) -> &Arc<MqttStatus> {
@@ -538,9 +881,11 @@ impl Appliance {
                 .model_order
                 .iter()
                 .map(|n| {
-                    let i = self.models[n].info();
+                    let d = self.models[n].current();
+                    let i = d.info();
                     ModelHealth {
                         name: i.name.clone(),
+                        version: i.version,
                         sha256: i.sha256.clone(),
                         decoder: i.decoder().as_str(),
                         labels: i.labels().to_vec(),
@@ -583,6 +928,7 @@ impl Appliance {
                 }
             }
         });
+        self.api_events.lock().take();
         let writer = self.writer.lock().take();
         let link = self.link.lock().take();
         let link_stop = self.link_stop.clone();
@@ -614,7 +960,7 @@ struct Worker {
     device: String,
     camera: String,
     slot: Arc<FrameSlot>,
-    detector: Option<Arc<Detector>>,
+    model_slot: Option<Arc<ModelSlot>>,
     events: CameraEvents,
     events_tx: mpsc::Sender<Emitted>,
     detections_tx: Option<mpsc::Sender<Vec<u8>>>,
@@ -624,6 +970,7 @@ struct Worker {
     errors: Arc<AtomicU64>,
     command: PendingCommand,
     line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    stages: Arc<StageMetrics>,
 }
 
 fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
@@ -652,7 +999,9 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                     );
                     continue;
                 };
-                let Some(detector) = &w.detector else {
+                // One atomic load per frame: this frame is processed wholly by
+                // this version, even if a swap lands meanwhile.
+                let Some(detector) = w.model_slot.as_ref().map(|s| s.current()) else {
                     // A camera that is only watched: keep its newest frame for snapshots.
                     w.processed.fetch_add(1, Ordering::Relaxed);
                     *w.latest.lock() =
@@ -672,6 +1021,9 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                     }
                 };
                 w.processed.fetch_add(1, Ordering::Relaxed);
+                w.stages.preprocess.observe(timings.preprocess.as_secs_f64());
+                w.stages.inference.observe(timings.run.as_secs_f64());
+                w.stages.postprocess.observe(timings.postprocess.as_secs_f64());
                 let model = detector.info().clone();
 
                 if let Some(tx) = &w.detections_tx {
@@ -700,7 +1052,9 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 }
 
                 let command = w.command.lock().take();
+                let t_events = Instant::now();
                 let emitted = w.events.process(&frame, &prediction, &model, command);
+                w.stages.events.observe(t_events.elapsed().as_secs_f64());
                 let counts = w.events.line_counts();
                 if !counts.is_empty() {
                     *w.line_counts.lock() = counts;

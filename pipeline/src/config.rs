@@ -192,6 +192,95 @@ pub struct HttpConfig {
     /// Address and port of the API and web page; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// `token` (a bearer token on every route but /healthz, /readyz and the
+    /// page itself) or `none` (no authentication: only on a trusted network;
+    /// Vigil warns at start).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Where the token is read from; created (random, mode 0600) on first
+    /// start if missing. Default: `<data_dir>/api-token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token (wins over the file).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Largest model upload, in megabytes.
+    #[serde(default = "default_max_upload_mb")]
+    pub max_upload_mb: u64,
+    /// Requests (other than uploads and live streams) taking longer are cut off.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: u64,
+    /// Ed25519 public key (base64, 32 bytes) in a file: when set, uploaded
+    /// models must carry a matching signature (X-Vigil-Signature).
+    #[serde(default)]
+    pub model_signing_key: Option<PathBuf>,
+    /// Frames per second of the MJPEG live views, at most.
+    #[serde(default = "default_mjpeg_fps")]
+    pub mjpeg_fps: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Token,
+    None,
+}
+
+fn default_max_upload_mb() -> u64 {
+    512
+}
+fn default_request_timeout_s() -> u64 {
+    30
+}
+fn default_mjpeg_fps() -> f64 {
+    5.0
+}
+
+/// The API token: from the environment, the token file, or made and saved
+/// there (mode 0600) on first start. `None` when `auth = "none"`.
+pub fn api_token(loaded: &LoadedConfig) -> Result<Option<String>, String> {
+    let h = &loaded.config.http;
+    if h.auth == AuthMode::None {
+        return Ok(None);
+    }
+    if let Some(var) = &h.token_env {
+        let t = std::env::var(var)
+            .map_err(|_| format!("http.token_env = {var:?}: that environment variable is not set"))?;
+        if t.trim().len() < 16 {
+            return Err(format!("http.token_env = {var:?}: use a token of at least 16 characters"));
+        }
+        return Ok(Some(t.trim().to_owned()));
+    }
+    let file = h
+        .token_file
+        .as_ref()
+        .map(|f| loaded.base_dir.join(f))
+        .unwrap_or_else(|| loaded.data_dir.join("api-token"));
+    match std::fs::read_to_string(&file) {
+        Ok(t) if t.trim().len() >= 16 => Ok(Some(t.trim().to_owned())),
+        Ok(_) => Err(format!("{}: the token must be at least 16 characters", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the API token: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            writeln!(f, "{token}").map_err(|e| format!("{}: {e}", file.display()))?;
+            tracing::info!(file = %file.display(), "generated an API token (mode 0600)");
+            Ok(Some(token))
+        }
+        Err(e) => Err(format!("{}: {}", file.display(), io_reason(&e))),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -395,7 +484,16 @@ impl Default for MqttConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+            auth: AuthMode::Token,
+            token_file: None,
+            token_env: None,
+            max_upload_mb: default_max_upload_mb(),
+            request_timeout_s: default_request_timeout_s(),
+            model_signing_key: None,
+            mjpeg_fps: default_mjpeg_fps(),
+        }
     }
 }
 
@@ -581,6 +679,18 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
             None
         }
     };
+
+    if let Some(k) = &config.http.model_signing_key
+        && let Err(e) = crate::models::read_verifying_key(&base_dir.join(k))
+    {
+        p(format!("http.model_signing_key: {e}"));
+    }
+    if !(config.http.mjpeg_fps > 0.0 && config.http.mjpeg_fps <= 30.0)
+        || config.http.max_upload_mb == 0
+        || config.http.request_timeout_s == 0
+    {
+        p("http: mjpeg_fps must be in 0..30, max_upload_mb and request_timeout_s at least 1".into());
+    }
 
     // Models
     let mut model_names = HashSet::new();

@@ -16,6 +16,8 @@ pub mod azure;
 pub mod config;
 pub mod event;
 pub mod lifecycle;
+pub mod metrics;
+pub mod models;
 pub mod mqtt;
 pub mod outbox;
 pub mod rules;

@@ -128,7 +128,7 @@ impl CameraEvents {
             "camera": &*self.camera,
             "time": rfc3339(frame.captured_at()),
             "frame": { "seq": frame.seq(), "width": frame.width(), "height": frame.height() },
-            "model": { "name": model.name, "sha256": model.sha256 },
+            "model": { "name": model.name, "version": model.version, "sha256": model.sha256 },
         });
         if let Value::Object(m) = &mut v {
             m.extend(body);

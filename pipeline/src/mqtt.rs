@@ -76,6 +76,8 @@ pub struct MqttStatus {
     detections_dropped: AtomicU64,
     /// Publish latency (capture to publish) of recent events, ms.
     latencies: Mutex<VecDeque<f64>>,
+    /// The same, for `/metrics`.
+    pub latency_histogram: crate::metrics::Histogram,
 }
 
 /// A snapshot of the broker link.
@@ -103,6 +105,7 @@ impl MqttStatus {
             connects: AtomicU64::new(0),
             detections_dropped: AtomicU64::new(0),
             latencies: Mutex::new(VecDeque::new()),
+            latency_histogram: crate::metrics::Histogram::default(),
         })
     }
 
@@ -496,6 +499,7 @@ async fn fill(client: &AsyncClient, outbox: &Arc<Outbox>, topic: &str, status: &
             s.cursor = e.seq;
             s.in_flight += 1;
             status.published.fetch_add(1, Ordering::Relaxed);
+            status.latency_histogram.observe(latency / 1000.0);
             let mut l = status.latencies.lock();
             if l.len() >= 10_000 {
                 l.pop_front();

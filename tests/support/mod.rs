@@ -242,6 +242,8 @@ impl Drop for Subscriber {
 pub struct Vigil {
     child: Child,
     pub web: String,
+    /// The API token (`None` with `auth = "none"`).
+    pub token: Option<String>,
     pub dir: tempfile::TempDir,
     stderr_path: PathBuf,
 }
@@ -270,29 +272,52 @@ impl Vigil {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut web = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.trim().strip_prefix("web page: ") {
-                    let _ = tx.send(url.trim_end_matches('/').to_owned());
+                    web = Some(url.trim_end_matches('/').to_owned());
+                }
+                if let (Some(w), Some(file)) = (&web, line.trim().strip_prefix("api token: ")) {
+                    let token = std::fs::read_to_string(file).ok().map(|t| t.trim().to_owned());
+                    let _ = tx.send((w.clone(), token));
                 }
             }
         });
-        let web = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(web) => web,
+        let (web, token) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(v) => v,
             Err(_) => {
                 let _ = child.kill();
                 let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                 panic!("vigil did not start within 60 s; stderr:\n{log}");
             }
         };
-        Vigil { child, web, dir, stderr_path }
+        Vigil { child, web, token, dir, stderr_path }
     }
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// GET with the API token.
     pub fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
-        http_get(&format!("{}{path}", self.web))
+        http_request("GET", &format!("{}{path}", self.web), self.token.as_deref(), &[], None)
+    }
+
+    /// Any method, with the API token, optional headers and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, String, Vec<u8>) {
+        http_request(method, &format!("{}{path}", self.web), self.token.as_deref(), headers, body)
+    }
+
+    /// `request`, with the JSON body parsed.
+    pub fn json(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.request(method, path, &[], body);
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
 
     pub fn health(&self) -> serde_json::Value {
@@ -383,14 +408,35 @@ impl Drop for Vigil {
     }
 }
 
-/// GET a URL: (status, content-type, body). Non-2xx statuses are returned, not errors.
+/// GET a URL without a token: (status, content-type, body). Non-2xx
+/// statuses are returned, not errors.
 pub fn http_get(url: &str) -> (u16, String, Vec<u8>) {
+    http_request("GET", url, None, &[], None)
+}
+
+/// One HTTP request: (status, content-type, body).
+pub fn http_request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String, Vec<u8>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .allow_non_standard_methods(true)
+        .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let mut resp = agent.get(url).call().expect("HTTP request");
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.map(<[u8]>::to_vec).unwrap_or_default()).expect("request");
+    let mut resp = agent.run(req).expect("HTTP request");
     let status = resp.status().as_u16();
     let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body = resp.body_mut().read_to_vec().expect("body");
