@@ -60,7 +60,7 @@ ENVELOPE = {
     "model": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["name", "sha256"],
+        "required": ["name", "version", "sha256"],
         "properties": {
             "name": {"type": "string", "description": "The model slot."},
             "version": {"type": "integer", "minimum": 1, "description": "Version within the slot (1: the file the config names)."},

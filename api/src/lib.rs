@@ -103,7 +103,28 @@ pub fn router(app: Arc<Appliance>, settings: ApiSettings) -> Router {
         .route("/api/v1/events/stream", get(event_stream))
         .layer(DefaultBodyLimit::disable());
     let protected = protected.merge(long).layer(middleware::from_fn_with_state(state.clone(), require_token));
-    public.merge(protected).fallback(not_found).with_state(state)
+    public.merge(protected).fallback(not_found).layer(middleware::from_fn(json_rejections)).with_state(state)
+}
+
+/// axum's extractors refuse bad paths and queries (`/versions/-1`,
+/// `?limit=x`) with a plain-text 400; every error of this API is JSON, so
+/// clients parse one shape.
+async fn json_rejections(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !res.status().is_client_error() || !plain {
+        return res;
+    }
+    let status = res.status();
+    let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => status.canonical_reason().unwrap_or("bad request").to_owned(),
+    };
+    ApiError(status, text).into_response()
 }
 
 /// An error as JSON `{"error": "..."}` with a status code.
@@ -360,23 +381,27 @@ struct EventsQuery {
     kind: Option<String>,
     /// Only events with a `seq` above this.
     after: Option<u64>,
-    /// At most this many, the newest (default 100, at most 1000).
-    limit: Option<usize>,
+    /// At most this many, the newest (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
 }
 
 /// Recent events (the last 1000 kept in memory), oldest first.
 #[utoipa::path(get, path = "/api/v1/events", params(EventsQuery), responses(
     (status = 200, description = "Events", body = Object),
+    (status = 400, description = "Bad path or query parameter", body = ErrorBody),
     (status = 401, description = "No or wrong token", body = ErrorBody)
 ))]
-async fn events(State(s): State<ApiState>, Query(q): Query<EventsQuery>) -> Json<serde_json::Value> {
-    let list = s.app.recent_events(
-        q.camera.as_deref(),
-        q.kind.as_deref(),
-        q.after,
-        q.limit.unwrap_or(100).clamp(1, 1000),
-    );
-    Json(serde_json::json!({ "events": list }))
+async fn events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("limit = {limit}: use 1 to 1000")));
+    }
+    let list = s.app.recent_events(q.camera.as_deref(), q.kind.as_deref(), q.after, limit as usize);
+    Ok(Json(serde_json::json!({ "events": list })))
 }
 
 /// Events as they happen (server-sent events, one JSON event per message).
@@ -389,9 +414,7 @@ async fn event_stream(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let stream = BroadcastStream::new(s.app.subscribe_events()).filter_map(|r| async move {
         // A lagging reader skips what it missed; the list endpoint has them.
-        r.ok().map(|v| {
-            Ok(Event::default().event(v["type"].as_str().unwrap_or("event")).data(v.to_string()))
-        })
+        r.ok().map(|v| Ok(Event::default().event(v["type"].as_str().unwrap_or("event")).data(v.to_string())))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -488,7 +511,7 @@ struct UploadQuery {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX model"),
     responses(
         (status = 201, description = "Stored (and activated, if asked)", body = Object),
-        (status = 400, description = "Empty upload", body = ErrorBody),
+        (status = 400, description = "Empty upload, or a bad query parameter", body = ErrorBody),
         (status = 403, description = "Missing or wrong signature", body = ErrorBody),
         (status = 404, description = "No such slot", body = ErrorBody),
         (status = 409, description = "Already stored", body = ErrorBody),
@@ -529,6 +552,7 @@ async fn upload(
     params(("slot" = String, Path, description = "Model slot"), ("version" = u32, Path, description = "Version")),
     responses(
         (status = 200, description = "Activated: timings of the preparation and of the switch", body = Object),
+        (status = 400, description = "Bad path or query parameter", body = ErrorBody),
         (status = 404, description = "No such slot or version", body = ErrorBody),
         (status = 409, description = "Already active", body = ErrorBody),
         (status = 422, description = "Failed its checks, with the reason", body = ErrorBody),
@@ -562,6 +586,7 @@ async fn rollback(
     params(("slot" = String, Path, description = "Model slot"), ("version" = u32, Path, description = "Version")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad path or query parameter", body = ErrorBody),
         (status = 404, description = "No such slot or version", body = ErrorBody),
         (status = 409, description = "In use, or the config's file", body = ErrorBody),
         (status = 401, description = "No or wrong token", body = ErrorBody)
@@ -580,7 +605,17 @@ async fn delete_version(
     (status = 401, description = "No or wrong token", body = ErrorBody)
 ))]
 async fn config(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(s.app.config()).unwrap_or_default())
+    let mut v = serde_json::to_value(s.app.config()).unwrap_or_default();
+    // Passwords are never serialized; a camera URL may still carry one
+    // (`rtsp://user:pass@cam/…`).
+    if let Some(cams) = v["cameras"].as_array_mut() {
+        for c in cams {
+            if let Some(src) = c["source"].as_str() {
+                c["source"] = vigil_pipeline::redact_source(src).into();
+            }
+        }
+    }
+    Json(v)
 }
 
 async fn index() -> Html<&'static str> {

@@ -270,6 +270,8 @@ fn redact_url(url: &Url) -> String {
 pub fn redact(s: &str) -> String {
     match Url::parse(s) {
         Ok(u) if u.password().is_some() => redact_url(&u),
+        // A launch line may hold `location=rtsp://user:pass@…` anywhere.
+        Ok(u) if u.scheme() == "launch" => redact_str(s),
         Ok(_) => s.to_owned(),
         Err(_) => redact_str(s),
     }
@@ -387,5 +389,9 @@ mod tests {
         assert_eq!(s.to_string(), "rtsp://admin:***@10.0.0.7/stream");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(redact_str("rtsp://a:b@[bad"), "rtsp://***@[bad");
+        let launch =
+            "launch:rtspsrc location=rtsp://admin:hunter2@cam/s ! decodebin ! videoconvert ! appsink";
+        assert!(!redact(launch).contains("hunter2"), "{}", redact(launch));
+        assert_eq!(redact("launch:videotestsrc ! appsink"), "launch:videotestsrc ! appsink");
     }
 }

@@ -153,7 +153,11 @@ fn read_facts_with(
         return Err(InferenceError::ModelLoad { path: path.to_owned(), reason: "the file is empty".into() });
     }
     let env = runtime::environment()?;
-    let load_err = |reason: String| InferenceError::ModelLoad { path: path.to_owned(), reason };
+    // ONNX Runtime ends its messages with a full stop; the error adds its own.
+    let load_err = |reason: String| InferenceError::ModelLoad {
+        path: path.to_owned(),
+        reason: reason.trim_end_matches('.').to_owned(),
+    };
     let base = |opts: &ModelOptions| -> Result<ort::session::builder::SessionBuilder, InferenceError> {
         let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
         b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| load_err(e.to_string()))?;

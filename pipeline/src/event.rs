@@ -80,6 +80,7 @@ struct FrameJson {
 #[derive(Serialize)]
 struct ModelJson<'a> {
     name: &'a str,
+    version: u32,
     sha256: &'a str,
 }
 
@@ -143,7 +144,11 @@ impl DetectionsEvent {
                 width: self.width,
                 height: self.height,
             },
-            model: ModelJson { name: &self.model.name, sha256: &self.model.sha256 },
+            model: ModelJson {
+                name: &self.model.name,
+                version: self.model.version,
+                sha256: &self.model.sha256,
+            },
             detections: self
                 .prediction
                 .detections

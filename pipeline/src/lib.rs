@@ -27,6 +27,8 @@ pub mod zones;
 
 pub use appliance::{Appliance, Health, SnapshotError};
 pub use config::{Config, ConfigError, LoadedConfig};
+/// Camera URLs with their password replaced, for anything a person or log sees.
+pub use vigil_camera::redact as redact_source;
 
 /// Why the appliance could not start.
 #[derive(Debug, thiserror::Error)]

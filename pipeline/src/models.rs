@@ -48,6 +48,21 @@ pub enum ModelError {
     Internal(String),
 }
 
+impl ModelError {
+    /// The same kind of error with its message rewritten.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> ModelError {
+        match self {
+            ModelError::BadRequest(m) => ModelError::BadRequest(f(m)),
+            ModelError::TooLarge(m) => ModelError::TooLarge(f(m)),
+            ModelError::Forbidden(m) => ModelError::Forbidden(f(m)),
+            ModelError::NotFound(m) => ModelError::NotFound(f(m)),
+            ModelError::Conflict(m) => ModelError::Conflict(f(m)),
+            ModelError::Invalid(m) => ModelError::Invalid(f(m)),
+            ModelError::Internal(m) => ModelError::Internal(f(m)),
+        }
+    }
+}
+
 /// One stored version of a slot's model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionRecord {
@@ -284,7 +299,12 @@ impl ModelSlot {
                 }
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&file).await;
-                    Err(e)
+                    // The refused file is gone: name it for what the operator sent.
+                    let path = file.display().to_string();
+                    Err(e.map_message(|m| {
+                        m.replace(&format!("model {path}"), "the uploaded file")
+                            .replace(&path, "the uploaded file")
+                    }))
                 }
             }
         }

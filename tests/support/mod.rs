@@ -643,3 +643,71 @@ pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
         .expect("gst-launch-1.0");
     assert!(status.success(), "making the clip");
 }
+
+/// One HTTP request with its response headers (names lower-case):
+/// (status, headers, body).
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    let mut resp = send(method, url, headers, body, Some(Duration::from_secs(60)));
+    let status = resp.status().as_u16();
+    let hdrs = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = resp.body_mut().read_to_vec().expect("body");
+    (status, hdrs, body)
+}
+
+/// A GET whose body is read as it arrives (MJPEG, server-sent events):
+/// (status, content-type, reader).
+pub fn http_stream(url: &str, headers: &[(&str, &str)]) -> (u16, String, Box<dyn std::io::Read + Send>) {
+    let resp = send("GET", url, headers, None, None);
+    let status = resp.status().as_u16();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    (status, ctype, Box::new(resp.into_body().into_reader()))
+}
+
+fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> ureq::http::Response<ureq::Body> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .allow_non_standard_methods(true)
+        .timeout_global(timeout)
+        .timeout_recv_body(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.map(<[u8]>::to_vec).unwrap_or_default()).expect("request");
+    agent.run(req).expect("HTTP request")
+}
+
+/// The ball model with its ONNX `doc_string` set to `tag`: a different file
+/// (another sha256, so another version) that detects exactly as the original.
+/// Protobuf lets a later occurrence of a singular field override an earlier
+/// one, so appending the field to the serialized ModelProto is enough.
+pub fn ball_model_variant(tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(ball_model()).expect("ball model");
+    assert!(tag.len() < 128, "one-byte length prefix");
+    bytes.push((6 << 3) | 2); // field 6 (doc_string), length-delimited
+    bytes.push(tag.len() as u8);
+    bytes.extend_from_slice(tag.as_bytes());
+    bytes
+}
+
+/// The detections messages' `model.version`s and `frame.seq`s, in order.
+pub fn model_version(ev: &serde_json::Value) -> u64 {
+    ev["model"]["version"].as_u64().unwrap_or_else(|| panic!("no model.version in {ev}"))
+}
