@@ -14,7 +14,12 @@
 #      `.cargo/config.toml` bakes that path into every binary built here, so
 #      nobody has to set ORT_DYLIB_PATH.
 #   4. A Python virtualenv in .deps/venv with the light tools the fixture
-#      scripts and parity tests use (onnx, numpy, onnxruntime, OpenCV).
+#      scripts and parity tests use (onnx, numpy, onnxruntime, OpenCV), and
+#      schemathesis, which fuzzes the API from its OpenAPI document.
+#   5. For the web page test: Debian's Chromium (apt, step 1), Node.js with
+#      npm (Debian's, unless a node is already installed), and playwright-core
+#      in .deps/web, pinned by tests/web/package-lock.json. Playwright drives
+#      the system Chromium; it downloads no browser of its own.
 #
 # Re-running it is fast: every step first checks whether its result is present.
 set -euo pipefail
@@ -40,6 +45,7 @@ APT_PACKAGES=(
     libgstrtspserver-1.0-dev
     mosquitto mosquitto-clients
     python3 python3-venv python3-pip
+    openssl chromium fonts-dejavu-core
 )
 
 apt_install() {
@@ -132,7 +138,28 @@ ort_install() {
     ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
 }
 
+web_tools_install() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        # Only when missing: a node from elsewhere (NodeSource) ships its own
+        # npm and conflicts with Debian's npm package.
+        log "installing nodejs and npm"
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+    local web="$DEPS/web"
+    local lock="$ROOT/tests/web/package-lock.json"
+    if [ -d "$web/node_modules/playwright-core" ] && cmp -s "$lock" "$web/package-lock.json"; then
+        log "playwright-core present in $web"
+        return
+    fi
+    log "installing playwright-core into $web"
+    mkdir -p "$web"
+    cp "$ROOT/tests/web/package.json" "$lock" "$web/"
+    (cd "$web" && npm ci --no-audit --no-fund --silent)
+}
+
 apt_install
+web_tools_install
 rust_install
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 rust_components

@@ -52,4 +52,17 @@ else
     echo "[demo] broker $host:$port is not reachable yet; Vigil will keep retrying"
 fi
 
-"$ROOT/target/release/vigil" run --config "$CONFIG"
+# Vigil prints where its web page and API token are; add a link that signs
+# the browser in (the page keeps the token and drops it from the address).
+"$ROOT/target/release/vigil" run --config "$CONFIG" | while IFS= read -r line; do
+    printf '%s\n' "$line"
+    case "$line" in
+        *"web page: "*) web="${line#*web page: }" ;;
+        *"api token: "*)
+            file="${line#*api token: }"
+            if [ -f "$file" ]; then
+                printf '  open:     %s#token=%s\n' "$web" "$(cat "$file")"
+            fi
+            ;;
+    esac
+done
