@@ -33,7 +33,9 @@ fn the_web_page_shows_the_line_and_swaps_a_model_in_chromium() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "vigil/web/detections");
     let v = Vigil::start(&ball_config("web", &broker.url(), 15));
-    wait_until(Duration::from_secs(30), "cam1 streaming", || camera_health(&v, "cam1")["state"] == "streaming");
+    wait_until(Duration::from_secs(30), "cam1 streaming", || {
+        camera_health(&v, "cam1")["state"] == "streaming"
+    });
 
     let model = v.dir.path().join("ball-v2.onnx");
     let v2 = ball_model_variant("uploaded from the web page");
@@ -58,14 +60,21 @@ fn the_web_page_shows_the_line_and_swaps_a_model_in_chromium() {
         out.status.success() && stdout.trim_end().ends_with("ok"),
         "the browser run failed:\n{stdout}\n{}\nvigil (last lines):\n{}",
         String::from_utf8_lossy(&out.stderr),
-        v.stderr().lines().filter(|l| !l.contains("ort::logging")).rev().take(30).collect::<Vec<_>>().join("\n")
+        v.stderr()
+            .lines()
+            .filter(|l| !l.contains("ort::logging"))
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // What the page did took effect on the line: v2 infers every frame now.
     let sha = format!("{:x}", Sha256::digest(&v2));
     loop {
         let ev: serde_json::Value =
-            serde_json::from_slice(&sub.next_on("vigil/web/detections", Duration::from_secs(30))).expect("JSON");
+            serde_json::from_slice(&sub.next_on("vigil/web/detections", Duration::from_secs(30)))
+                .expect("JSON");
         if ev["model"]["version"] == 2 {
             assert_eq!(ev["model"]["sha256"], sha.as_str());
             break;
@@ -89,7 +98,9 @@ fn the_api_survives_a_schemathesis_fuzz_from_its_openapi_document() {
 
     let broker = Mosquitto::start();
     let v = Vigil::start(&ball_config("fuzz", &broker.url(), 10));
-    wait_until(Duration::from_secs(30), "cam1 streaming", || camera_health(&v, "cam1")["state"] == "streaming");
+    wait_until(Duration::from_secs(30), "cam1 streaming", || {
+        camera_health(&v, "cam1")["state"] == "streaming"
+    });
 
     // Real names for path parameters so the fuzz reaches the handlers
     // (random slot names stop at 404), the token from the environment.
@@ -120,7 +131,8 @@ fn the_api_survives_a_schemathesis_fuzz_from_its_openapi_document() {
         .output()
         .expect("schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: Vec<&str> = stdout.lines().filter(|l| l.contains("generated") || l.contains("passed")).collect();
+    let summary: Vec<&str> =
+        stdout.lines().filter(|l| l.contains("generated") || l.contains("passed")).collect();
     println!("{}", summary.join("\n"));
     assert!(
         out.status.success(),
