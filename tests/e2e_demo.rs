@@ -107,7 +107,7 @@ fn ball_is_detected_published_as_valid_events_and_drawn_on_the_snapshot() {
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     let (status, ctype, body) = vigil.get("/");
     assert_eq!(status, 200);
-    assert!(ctype.starts_with("text/html") && String::from_utf8_lossy(&body).contains("snapshot.jpg"));
+    assert!(ctype.starts_with("text/html") && String::from_utf8_lossy(&body).contains("stream.mjpg"));
 
     let health = vigil.health();
     assert_eq!(health["status"], "ok", "{health}");

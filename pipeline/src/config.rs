@@ -904,7 +904,7 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
     {
         *device = config.device_id.clone();
     }
-    let data_dir = base_dir.join(&config.data_dir);
+    let data_dir = tidy_path(&base_dir.join(&config.data_dir));
     Ok(LoadedConfig {
         config,
         base_dir: base_dir.to_owned(),
@@ -1058,9 +1058,36 @@ fn parse_azure(m: &MqttConfig, base_dir: &Path) -> Result<MqttTarget, String> {
     })
 }
 
+/// `a/b/../c` as `a/c`, without touching the file system (the directory may
+/// not exist yet): paths Vigil prints should read cleanly.
+fn tidy_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tidies_paths_lexically() {
+        assert_eq!(
+            tidy_path(Path::new("/srv/vigil/deploy/../.vigil/demo")),
+            Path::new("/srv/vigil/.vigil/demo")
+        );
+        assert_eq!(tidy_path(Path::new("./a/./b")), Path::new("a/b"));
+        assert_eq!(tidy_path(Path::new("../data")), Path::new("../data"));
+    }
 
     fn load(text: &str) -> Result<LoadedConfig, String> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
