@@ -199,6 +199,8 @@ impl std::fmt::Debug for Frame {
 pub struct FrameSlot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// Signalled when the consumer takes a frame (for `put_wait`).
+    taken: Condvar,
     dropped: AtomicU64,
 }
 
@@ -223,12 +225,30 @@ impl FrameSlot {
         self.ready.notify_one();
     }
 
+    /// Stores `frame` once the consumer has taken the previous one: no frame
+    /// is lost, the producer waits instead (recordings analysed as fast as
+    /// the model allows, `realtime = false`). Gives up waiting, and replaces
+    /// as `put` does, when the slot closes or `give_up` says so.
+    pub fn put_wait(&self, frame: Frame, give_up: impl Fn() -> bool) {
+        let mut st = self.state.lock();
+        while st.frame.is_some() && !st.closed && !give_up() {
+            self.taken.wait_for(&mut st, Duration::from_millis(100));
+        }
+        if st.frame.replace(frame).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
     /// Waits up to `timeout` for a frame. `None` on timeout or once closed.
     pub fn take_timeout(&self, timeout: Duration) -> Option<Frame> {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock();
         loop {
             if let Some(f) = st.frame.take() {
+                drop(st);
+                self.taken.notify_one();
                 return Some(f);
             }
             if st.closed || self.ready.wait_until(&mut st, deadline).timed_out() {
@@ -284,6 +304,33 @@ mod tests {
         let got = slot.take_timeout(Duration::from_secs(10)).map(|f| f.seq());
         producer.join().expect("producer thread");
         assert_eq!(got, Some(7));
+    }
+
+    #[test]
+    fn put_wait_loses_no_frame_and_waits_for_the_consumer() {
+        let slot = FrameSlot::new();
+        let producer = {
+            let slot = slot.clone();
+            std::thread::spawn(move || {
+                for seq in 0..200 {
+                    slot.put_wait(frame(seq), || false);
+                }
+            })
+        };
+        let mut got = Vec::new();
+        while got.len() < 200 {
+            if let Some(f) = slot.take_timeout(Duration::from_secs(10)) {
+                got.push(f.seq());
+            }
+        }
+        producer.join().expect("producer thread");
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert_eq!(slot.dropped(), 0);
+        // Closing releases a producer that would wait for ever.
+        slot.put_wait(frame(1000), || false);
+        slot.close();
+        slot.put_wait(frame(1001), || false);
+        assert_eq!(slot.dropped(), 1);
     }
 
     #[test]

@@ -311,7 +311,7 @@ fn supervise(
     options: &CameraOptions,
     stats: &Arc<CameraStats>,
     slot: &Arc<FrameSlot>,
-    stop: &StopSignal,
+    stop: &Arc<StopSignal>,
 ) {
     let mut backoff = options.backoff_initial;
     let mut seq = 0u64;
@@ -412,8 +412,11 @@ pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String 
         tail += &format!(" ! videoscale add-borders=false ! {caps},pixel-aspect-ratio=1/1");
     }
     let sync = source.is_file() && options.realtime;
+    // A file not played in real time is analysed frame by frame: appsink
+    // blocks instead of dropping (and so does the frame slot, see run_pipeline).
+    let drop = !source.is_file() || options.realtime;
     format!(
-        "{head}{tail} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop=true sync={sync} emit-signals=false",
+        "{head}{tail} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop={drop} sync={sync} emit-signals=false",
         head = source.launch_head(options),
     )
 }
@@ -440,7 +443,7 @@ fn run_pipeline(
     options: &CameraOptions,
     stats: &Arc<CameraStats>,
     slot: &Arc<FrameSlot>,
-    stop: &StopSignal,
+    stop: &Arc<StopSignal>,
     seq: &mut u64,
 ) -> RunEnd {
     if let Err(e) = source.check_exists() {
@@ -463,6 +466,9 @@ fn run_pipeline(
     {
         let (name, stats, slot, next_seq) = (name.clone(), stats.clone(), slot.clone(), next_seq.clone());
         let crop = options.crop;
+        // A recording played as fast as it decodes: every frame is analysed.
+        let lossless = source.is_file() && !options.realtime;
+        let sink_stop = stop.clone();
         // Caps rarely change; remember the parsed video info for the last caps seen.
         let info_cache: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
         sink.set_callbacks(
@@ -520,7 +526,12 @@ fn run_pipeline(
                         .last_frame_ns
                         .store(now.duration_since(stats.epoch).as_nanos().max(1) as u64, Ordering::Release);
                     *stats.frame_size.lock() = Some((frame.width(), frame.height()));
-                    slot.put(frame);
+                    if lossless {
+                        // Backpressure: the decoder waits for the model.
+                        slot.put_wait(frame, || sink_stop.is_set());
+                    } else {
+                        slot.put(frame);
+                    }
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),

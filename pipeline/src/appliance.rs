@@ -65,6 +65,8 @@ struct CameraRuntime {
     slot: Arc<FrameSlot>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
+    skipped_still: Arc<AtomicU64>,
+    motion_gating: bool,
     inference_errors: Arc<AtomicU64>,
     worker: Mutex<Option<JoinHandle<()>>>,
     source: String,
@@ -150,6 +152,11 @@ pub struct CameraHealth {
     pub last_frame_age_ms: Option<u64>,
     pub frames_received: u64,
     pub frames_processed: u64,
+    /// Frames not inferred because nothing moved (motion gating); the live
+    /// view still shows them, with the last boxes.
+    pub frames_skipped_still: u64,
+    /// Motion gating is on for this camera.
+    pub motion_gating: bool,
     /// Frames replaced by a newer one before inference took them (inference busy).
     pub frames_dropped_busy: u64,
     /// Frames dropped on purpose to keep to the camera's `fps`.
@@ -418,6 +425,13 @@ impl Appliance {
                 policy,
                 snapshots.clone(),
             );
+            // Motion gating: on by default for detectors (tracking bridges
+            // the skipped frames); off for classifiers and anomaly models,
+            // whose verdicts are about every part, moving or not.
+            let detector_model =
+                model_slot.as_ref().is_some_and(|s| s.current().info().plan.decoder.is_detector());
+            let gate = (model_slot.is_some() && c.motion.enabled.unwrap_or(detector_model))
+                .then(|| crate::motion::MotionGate::new(c.motion.clone()));
             let rt = CameraRuntime {
                 name: c.name.clone(),
                 model: c.model.clone(),
@@ -426,6 +440,8 @@ impl Appliance {
                 slot: slot.clone(),
                 latest: Arc::new(Mutex::new(None)),
                 processed: Arc::new(AtomicU64::new(0)),
+                skipped_still: Arc::new(AtomicU64::new(0)),
+                motion_gating: gate.is_some(),
                 inference_errors: Arc::new(AtomicU64::new(0)),
                 worker: Mutex::new(None),
                 source,
@@ -445,6 +461,8 @@ impl Appliance {
                 status: status.clone(),
                 latest: rt.latest.clone(),
                 processed: rt.processed.clone(),
+                skipped_still: rt.skipped_still.clone(),
+                gate,
                 errors: rt.inference_errors.clone(),
                 command: rt.command.clone(),
                 line_counts: rt.line_counts.clone(),
@@ -646,7 +664,7 @@ impl Appliance {
             &mut o,
             "vigil_camera_frames_total",
             "counter",
-            "Frames per camera by stage: received from the decoder, processed by the model.",
+            "Frames per camera by stage: received from the decoder, processed by the model, skipped because nothing moved.",
         );
         for c in &h.cameras {
             let n = escape(&c.name);
@@ -659,6 +677,11 @@ impl Appliance {
                 o,
                 "vigil_camera_frames_total{{camera=\"{n}\",stage=\"processed\"}} {}",
                 c.frames_processed
+            );
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_total{{camera=\"{n}\",stage=\"skipped_still\"}} {}",
+                c.frames_skipped_still
             );
         }
         help(
@@ -830,6 +853,8 @@ impl Appliance {
                     last_frame_age_ms: age,
                     frames_received: received,
                     frames_processed: c.processed.load(Ordering::Relaxed),
+                    frames_skipped_still: c.skipped_still.load(Ordering::Relaxed),
+                    motion_gating: c.motion_gating,
                     frames_dropped_busy: c.slot.dropped(),
                     frames_dropped_rate: dropped_rate,
                     inference_errors: c.inference_errors.load(Ordering::Relaxed),
@@ -967,6 +992,8 @@ struct Worker {
     status: Arc<MqttStatus>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
+    skipped_still: Arc<AtomicU64>,
+    gate: Option<crate::motion::MotionGate>,
     errors: Arc<AtomicU64>,
     command: PendingCommand,
     line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
@@ -1008,6 +1035,22 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                         Some(Arc::new(Processed { frame, prediction: Prediction::default(), model: None }));
                     continue;
                 };
+                if let Some(gate) = &mut w.gate {
+                    let forced = w.command.lock().is_some();
+                    let (decision, _) = gate.decide(&frame, w.events.tracking(), forced);
+                    if decision == crate::motion::Decision::Skip {
+                        w.skipped_still.fetch_add(1, Ordering::Relaxed);
+                        // The live view stays live: this frame, with the boxes
+                        // of the last inference (nothing moved since).
+                        let mut latest = w.latest.lock();
+                        let (prediction, model) = latest
+                            .as_ref()
+                            .map(|p| (p.prediction.clone(), p.model.clone()))
+                            .unwrap_or_default();
+                        *latest = Some(Arc::new(Processed { frame, prediction, model }));
+                        continue;
+                    }
+                }
                 let (prediction, timings) = match detector.detect(&view, &mut scratch) {
                     Ok(r) => r,
                     Err(e) => {

@@ -405,6 +405,9 @@ pub struct CameraConfig {
     /// How tracks start, are confirmed and end.
     #[serde(default)]
     pub tracker: crate::tracker::TrackerConfig,
+    /// When to skip inference because nothing moves.
+    #[serde(default)]
+    pub motion: crate::motion::MotionConfig,
 }
 
 impl CameraConfig {
@@ -820,6 +823,23 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if t.min_hits == 0 || t.max_missing_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             p(format!("{at}.tracker: min_hits must be at least 1 and max_missing_s above 0"));
+        }
+        let m = &c.motion;
+        if !(m.min_area > 0.0 && m.min_area <= 1.0) || m.threshold == 0 {
+            p(format!(
+                "{at}.motion: min_area must be in (0, 1] and threshold at least 1 (got {} and {})",
+                m.min_area, m.threshold
+            ));
+        }
+        if !(m.idle_interval_s.is_finite() && m.idle_interval_s > 0.0 && m.max_interval_s > 0.0) {
+            p(format!("{at}.motion: max_interval_s and idle_interval_s must be above 0"));
+        }
+        if m.enabled != Some(false) && m.max_interval_s >= t.max_missing_s {
+            p(format!(
+                "{at}.motion.max_interval_s = {}: must be below tracker.max_missing_s ({}), or still objects \
+                 would end between two inferences; lower it, or raise tracker.max_missing_s",
+                m.max_interval_s, t.max_missing_s
+            ));
         }
         if !(c.reconnect_max_s.is_finite() && (0.5..=3600.0).contains(&c.reconnect_max_s)) {
             p(format!("{at}.reconnect_max_s = {}: use 0.5 to 3600 seconds", c.reconnect_max_s));

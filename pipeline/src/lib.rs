@@ -18,6 +18,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod metrics;
 pub mod models;
+pub mod motion;
 pub mod mqtt;
 pub mod outbox;
 pub mod rules;

@@ -97,6 +97,12 @@ impl CameraEvents {
         }
     }
 
+    /// Any track alive (tentative or confirmed): the motion gate keeps
+    /// inferring often enough that none ends for lack of frames.
+    pub fn tracking(&self) -> bool {
+        !self.tracker.tracks().is_empty()
+    }
+
     /// Crossing counts per line: (name, left, right).
     pub fn line_counts(&self) -> Vec<(String, u64, u64)> {
         self.zones.line_counts()

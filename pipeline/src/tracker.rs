@@ -350,7 +350,11 @@ impl Tracker {
                 if detections[di].class_id != self.tracks[ti].class_id {
                     continue;
                 }
-                let iou = pred.iou(&detections[di].bbox);
+                // Where the object was last seen counts as well as where
+                // constant velocity puts it: an object that stopped during a
+                // gap (frames skipped because nothing moved, or dropped)
+                // is where it was, not where its old speed would carry it.
+                let iou = pred.iou(&detections[di].bbox).max(self.tracks[ti].bbox.iou(&detections[di].bbox));
                 if iou >= min_iou {
                     pairs.push((iou, ti, di));
                 }
@@ -419,6 +423,19 @@ mod tests {
         let u = tr.update(&[det(160.0, 50.0, 0.9)], 1.5);
         assert_eq!(u.seen, vec![1], "same track after the gap");
         assert!(u.started.is_empty());
+    }
+
+    #[test]
+    fn an_object_that_stops_during_a_gap_keeps_its_id() {
+        // Moving at 100 px/s, then stopped; seen again 0.5 s later (frames
+        // skipped by the motion gate), where it stopped, not 50 px further.
+        let mut tr = Tracker::new(TrackerConfig::default());
+        for f in 0..10 {
+            tr.update(&[det(10.0 + 10.0 * f as f32, 50.0, 0.9)], f as f64 / 10.0);
+        }
+        let u = tr.update(&[det(100.0, 50.0, 0.9)], 1.4);
+        assert_eq!(u.seen, vec![1], "same track after the gap");
+        assert!(u.started.is_empty() && u.ended.is_empty());
     }
 
     #[test]

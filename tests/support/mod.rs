@@ -711,3 +711,42 @@ pub fn ball_model_variant(tag: &str) -> Vec<u8> {
 pub fn model_version(ev: &serde_json::Value) -> u64 {
     ev["model"]["version"].as_u64().unwrap_or_else(|| panic!("no model.version in {ev}"))
 }
+
+/// An MJPEG AVI of a white ball (radius 20) on a dark, slightly noisy
+/// background (as a real sensor's), at the centre given per frame (`None`:
+/// no ball), 640x480.
+pub fn make_scene_clip(path: &Path, fps: u32, centres: &[Option<(f32, f32)>]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h, r) = (640usize, 480usize, 20.0f32);
+    for (n, c) in centres.iter().enumerate() {
+        let mut rgb = vec![0u8; w * h * 3];
+        for y in 0..h {
+            for x in 0..w {
+                // A fixed dark texture plus a little per-frame noise.
+                let texture = ((x / 16 + y / 16) % 2 * 12) as u32;
+                let noise = ((x as u32).wrapping_mul(73_856_093)
+                    ^ (y as u32).wrapping_mul(19_349_663)
+                    ^ (n as u32).wrapping_mul(83_492_791))
+                    >> 29;
+                let mut v = (20 + texture + noise) as u8;
+                if let Some((cx, cy)) = c
+                    && (x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2) <= r * r
+                {
+                    v = 255;
+                }
+                rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(v);
+            }
+        }
+        let jpeg = vigil_pipeline::annotate::encode_jpeg(&rgb, w as u32, h as u32, 90).expect("jpeg");
+        std::fs::write(dir.path().join(format!("{n:05}.jpg")), jpeg).expect("frame");
+    }
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "multifilesrc"])
+        .arg(format!("location={}/%05d.jpg", dir.path().display()))
+        .arg(format!("caps=image/jpeg,framerate={fps}/1"))
+        .args(["!", "jpegparse", "!", "avimux", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success(), "making the clip");
+}

@@ -48,6 +48,13 @@ pub enum DecoderKind {
 }
 
 impl DecoderKind {
+    /// Finds objects with boxes (as opposed to judging the whole image).
+    pub fn is_detector(self) -> bool {
+        !matches!(self, DecoderKind::Classify | DecoderKind::Anomalib)
+    }
+}
+
+impl DecoderKind {
     pub const ALL: [DecoderKind; 8] = [
         DecoderKind::YoloV8,
         DecoderKind::YoloV5,
@@ -111,6 +118,27 @@ pub(crate) type OutputRoles = Vec<Option<usize>>;
 pub(crate) struct OutTensor<'a> {
     pub(crate) shape: Vec<i64>,
     pub(crate) data: Cow<'a, [f32]>,
+}
+
+impl OutTensor<'_> {
+    pub(crate) fn borrowed(&self) -> OutTensor<'_> {
+        OutTensor { shape: self.shape.clone(), data: Cow::Borrowed(&self.data) }
+    }
+
+    /// Frame `i` of a batch of `rows`, as if the model had run on it alone
+    /// (first dimension 1). Every output must carry the batch first.
+    pub(crate) fn row(&self, i: usize, rows: usize) -> Result<OutTensor<'_>, crate::InferenceError> {
+        if self.shape.first() != Some(&(rows as i64)) || !self.data.len().is_multiple_of(rows) {
+            return Err(crate::InferenceError::Run(format!(
+                "an output of shape {:?} does not carry the batch of {rows} as its first dimension",
+                self.shape
+            )));
+        }
+        let len = self.data.len() / rows;
+        let mut shape = self.shape.clone();
+        shape[0] = 1;
+        Ok(OutTensor { shape, data: Cow::Borrowed(&self.data[i * len..(i + 1) * len]) })
+    }
 }
 
 /// Thresholds and switches a decoder needs.
