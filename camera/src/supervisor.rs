@@ -37,6 +37,11 @@ pub struct CameraOptions {
     /// Files play at their own frame rate, like a camera; off: as fast as
     /// they decode (frames the model cannot keep up with are dropped).
     pub realtime: bool,
+    /// Threads each software video decoder may use (libav's `max-threads`);
+    /// `None` leaves the decoder's default of one per core. Several cameras
+    /// on a small box decode in parallel already: one thread each keeps them
+    /// from oversubscribing the cores inference needs.
+    pub decode_threads: Option<u32>,
     /// No frame for this long while streaming: the camera counts as stalled
     /// and its pipeline is rebuilt.
     pub stall_timeout: Duration,
@@ -83,6 +88,7 @@ impl Default for CameraOptions {
             latency_ms: 200,
             loop_file: true,
             realtime: true,
+            decode_threads: None,
             stall_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(20),
             backoff_initial: Duration::from_millis(500),
@@ -461,6 +467,15 @@ fn run_pipeline(
     else {
         return RunEnd::Fatal("internal: appsink missing from the pipeline".into());
     };
+    if let Some(threads) = options.decode_threads {
+        // Decoders appear only once decodebin has seen the stream: set their
+        // thread count as they are added, wherever they sit in the bins.
+        pipeline.connect_deep_element_added(move |_, _, element| {
+            if element.find_property("max-threads").is_some() {
+                element.set_property_from_str("max-threads", &threads.to_string());
+            }
+        });
+    }
 
     let next_seq = Arc::new(AtomicU64::new(*seq));
     {

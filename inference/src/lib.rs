@@ -38,7 +38,8 @@ pub use letterbox::{Letterbox, resize_bilinear_cv};
 pub use manifest::{ColorOrder, Layout, Manifest, PixelScale, ResizeMode, manifest_path};
 pub use meta::parse_python_names;
 pub use model::{
-    Anomaly, ClassScore, Detector, ModelInfo, ModelOptions, Prediction, Scratch, Timings, read_facts,
+    Anomaly, ClassScore, Detector, ModelInfo, ModelOptions, Prediction, Prepared, RunScratch, Scratch,
+    Timings, read_facts,
 };
 pub use nms::{BBox, Detection, nms};
 pub use plan::{ModelFacts, ModelPlan, Overrides, TensorInfo, Thresholds, plan};

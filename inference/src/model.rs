@@ -92,12 +92,29 @@ pub struct Timings {
     pub postprocess: Duration,
 }
 
-/// Per-worker buffers, reused for every frame so the hot path does not allocate
-/// its big buffers.
+/// One frame preprocessed for a detector, waiting for its run
+/// ([`Detector::run_prepared`]). Owned by a camera's worker and reused frame
+/// after frame, so the hot path does not allocate its big buffers.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    input: InputBuffers,
+    geometry: Option<Geometry>,
+    preprocess: Duration,
+}
+
+/// What whoever runs the model reuses between runs: the stacked input of a
+/// batch and the decoders' buffers.
+#[derive(Debug, Default)]
+pub struct RunScratch {
+    stacked: InputBuffers,
+    decode: DecodeScratch,
+}
+
+/// Both halves, for callers that prepare and run on one thread.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    input: InputBuffers,
-    decode: DecodeScratch,
+    pub prepared: Prepared,
+    pub run: RunScratch,
 }
 
 /// A loaded model, ready to run. Shared by every camera that uses it (one
@@ -110,6 +127,11 @@ pub struct Detector {
     params: DecodeParams,
     /// Per class id: its own threshold when the config or manifest set one.
     class_threshold: Vec<Option<f32>>,
+    /// The most frames one run takes: 1, the fixed N of the input's first
+    /// dimension, or unbounded when it is dynamic.
+    batch_limit: usize,
+    /// The input's first dimension is a fixed N > 1: runs are padded to it.
+    fixed_batch: Option<usize>,
     session: Mutex<Session>,
 }
 
@@ -245,21 +267,51 @@ impl Detector {
             metadata: facts.metadata,
             provider,
         };
-        let detector = Detector {
+        // The first input dimension is the batch: -1 (or a name) takes any
+        // number of frames, a fixed N takes exactly N (runs are padded), 1
+        // takes one. Inputs fed at the frame's own size cannot be stacked.
+        let batch_dim = info.inputs.iter().find(|i| i.name == plan.input.name).and_then(|i| i.shape.first());
+        let (batch_limit, fixed_batch) = match (batch_dim, plan.input.size) {
+            (_, None) => (1, None),
+            (Some(&n), _) if n > 1 => (n as usize, Some(n as usize)),
+            (Some(&n), _) if n <= 0 => (usize::MAX, None),
+            _ => (1, None),
+        };
+        let mut detector = Detector {
             info: Arc::new(info),
             labels,
             params: plan.decode_params(),
             class_threshold,
+            batch_limit,
+            fixed_batch,
             session: Mutex::new(session),
         };
         let blank = vec![0u8; 64 * 48 * 3];
         let view =
             ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| InferenceError::Run("internal".into()))?;
-        detector.detect(&view, &mut Scratch::default()).map_err(|e| InferenceError::Unsupported {
+        let mut scratch = Scratch::default();
+        detector.detect(&view, &mut scratch).map_err(|e| InferenceError::Unsupported {
             path: path.to_owned(),
             reason: format!("a test run on a blank frame failed: {e}"),
         })?;
+        // A model may declare a dynamic batch and still mix its images up (a
+        // reshape that folds the batch away): try two frames before trusting
+        // it; if that fails, run it one frame at a time.
+        if detector.batch_limit > 1 {
+            let mut second = Prepared::default();
+            detector.prepare(&view, &mut second);
+            if let Err(e) = detector.run_prepared(&[&scratch.prepared, &second], &mut scratch.run) {
+                tracing::info!(model = %path.display(), error = %e, "the model does not run batches; it runs one frame at a time");
+                detector.batch_limit = 1;
+                detector.fixed_batch = None;
+            }
+        }
         Ok(detector)
+    }
+
+    /// The most frames one run takes (see [`Detector::run_prepared`]).
+    pub fn batch_limit(&self) -> usize {
+        self.batch_limit
     }
 
     pub fn info(&self) -> &Arc<ModelInfo> {
@@ -277,59 +329,113 @@ impl Detector {
         img: &ImageView<'_>,
         scratch: &mut Scratch,
     ) -> Result<(Prediction, Timings), InferenceError> {
-        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
-        let t0 = Instant::now();
-        let plan = &self.info.plan;
-        let geometry = plan.input.fill(img, &mut scratch.input);
-        let (in_w, in_h) = geometry.input_size();
-        let shape = plan.input.shape(in_w, in_h);
-        let t1 = Instant::now();
+        self.prepare(img, &mut scratch.prepared);
+        let mut out = self.run_prepared(&[&scratch.prepared], &mut scratch.run)?;
+        out.pop().ok_or_else(|| InferenceError::Run("no prediction".into()))
+    }
 
-        let buf = &scratch.input;
+    /// Preprocesses `img` into `p`, for a later [`Detector::run_prepared`]
+    /// on this detector (a run of another version refuses it only if its
+    /// input differs; callers keep the pair together).
+    pub fn prepare(&self, img: &ImageView<'_>, p: &mut Prepared) {
+        let t0 = Instant::now();
+        p.geometry = Some(self.info.plan.input.fill(img, &mut p.input));
+        p.preprocess = t0.elapsed();
+    }
+
+    /// Runs the model once on up to [`Detector::batch_limit`] prepared
+    /// frames (stacked along the first dimension) and decodes each. One
+    /// frame runs straight from its own buffer; a batch is copied into
+    /// `scratch` first (a few MB per frame: well under a millisecond against
+    /// the tens a CPU run takes). Each frame's timings carry the whole run.
+    pub fn run_prepared(
+        &self,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
+        let plan = &self.info.plan;
+        let n = items.len();
+        if n == 0 || n > self.batch_limit {
+            return Err(InferenceError::Run(format!(
+                "{n} frames for a model that takes 1 to {}",
+                self.batch_limit
+            )));
+        }
+        let geometries: Vec<Geometry> = items
+            .iter()
+            .map(|p| p.geometry.ok_or_else(|| InferenceError::Run("a frame was not prepared".into())))
+            .collect::<Result<_, _>>()?;
+        let (in_w, in_h) = geometries[0].input_size();
+        if geometries.iter().any(|g| g.input_size() != (in_w, in_h)) {
+            return Err(InferenceError::Run("frames of one batch must have one input size".into()));
+        }
+        let rows = self.fixed_batch.unwrap_or(n);
+        let mut shape = plan.input.shape(in_w, in_h);
+        shape[0] = rows;
+        let t1 = Instant::now();
+        let input: &InputBuffers = if rows == 1 {
+            &items[0].input
+        } else {
+            stack(items, rows, plan.input.dtype, &mut scratch.stacked);
+            &scratch.stacked
+        };
         let mut session =
             self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
         let name = plan.input.name.as_str();
         let outputs = match plan.input.dtype {
             InputType::Float32 => {
-                let t = TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?;
+                let t = TensorRef::from_array_view((shape, &input.f32[..])).map_err(run_err)?;
                 session.run(ort::inputs![name => t])
             }
             InputType::Float16 => {
-                let t = TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?;
+                let t = TensorRef::from_array_view((shape, &input.f16[..])).map_err(run_err)?;
                 session.run(ort::inputs![name => t])
             }
             InputType::Uint8 => {
-                let t = TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?;
+                let t = TensorRef::from_array_view((shape, &input.u8[..])).map_err(run_err)?;
                 session.run(ort::inputs![name => t])
             }
         }
         .map_err(run_err)?;
         let t2 = Instant::now();
 
-        let mut outs = Vec::with_capacity(plan.roles.len());
+        let mut whole = Vec::with_capacity(plan.roles.len());
         for role in &plan.roles {
-            outs.push(match role {
+            whole.push(match role {
                 Some(i) => Some(read_output(&outputs[*i])?),
                 None => None,
             });
         }
-        let mut pred = Prediction::default();
-        let coords = decode(
-            plan.decoder,
-            &outs,
-            &self.params,
-            &self.labels,
-            geometry.frame_size(),
-            &mut scratch.decode,
-            &mut pred,
-        )
-        .map_err(InferenceError::Run)?;
-        drop(outs);
-        drop(outputs);
-        drop(session);
-        self.finish(&mut pred, coords, &geometry);
-        let t3 = Instant::now();
-        Ok((pred, Timings { preprocess: t1 - t0, run: t2 - t1, postprocess: t3 - t2 }))
+        let mut results = Vec::with_capacity(n);
+        for (i, (item, geometry)) in items.iter().zip(&geometries).enumerate() {
+            let t_decode = Instant::now();
+            let outs: Vec<Option<OutTensor<'_>>> = if rows == 1 {
+                whole.iter().map(|o| o.as_ref().map(OutTensor::borrowed)).collect()
+            } else {
+                whole
+                    .iter()
+                    .map(|o| o.as_ref().map(|o| o.row(i, rows)).transpose())
+                    .collect::<Result<_, _>>()?
+            };
+            let mut pred = Prediction::default();
+            let coords = decode(
+                plan.decoder,
+                &outs,
+                &self.params,
+                &self.labels,
+                geometry.frame_size(),
+                &mut scratch.decode,
+                &mut pred,
+            )
+            .map_err(InferenceError::Run)?;
+            self.finish(&mut pred, coords, geometry);
+            results.push((
+                pred,
+                Timings { preprocess: item.preprocess, run: t2 - t1, postprocess: t_decode.elapsed() },
+            ));
+        }
+        Ok(results)
     }
 
     /// `session.run` alone, `n` times, on `img` preprocessed once: the
@@ -342,10 +448,18 @@ impl Detector {
     ) -> Result<Vec<Duration>, InferenceError> {
         let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
         let plan = &self.info.plan;
-        let geometry = plan.input.fill(img, &mut scratch.input);
+        self.prepare(img, &mut scratch.prepared);
+        let geometry = scratch.prepared.geometry.ok_or_else(|| InferenceError::Run("not prepared".into()))?;
         let (in_w, in_h) = geometry.input_size();
-        let shape = plan.input.shape(in_w, in_h);
-        let buf = &scratch.input;
+        let mut shape = plan.input.shape(in_w, in_h);
+        let rows = self.fixed_batch.unwrap_or(1);
+        shape[0] = rows;
+        let buf: &InputBuffers = if rows == 1 {
+            &scratch.prepared.input
+        } else {
+            stack(&[&scratch.prepared], rows, plan.input.dtype, &mut scratch.run.stacked);
+            &scratch.run.stacked
+        };
         let name = plan.input.name.as_str();
         let mut session =
             self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
@@ -402,6 +516,25 @@ impl Detector {
             };
             d.bbox = BBox { x1, y1, x2, y2 };
         }
+    }
+}
+
+/// Copies the frames' tensors one after another into `out`, zero-filling
+/// any rows beyond them (a model with a fixed batch larger than the frames).
+fn stack(items: &[&Prepared], rows: usize, dtype: InputType, out: &mut InputBuffers) {
+    fn rows_of<T: Copy + Default>(parts: Vec<&[T]>, rows: usize, out: &mut Vec<T>) {
+        let len = parts.first().map_or(0, |p| p.len());
+        out.clear();
+        out.reserve(len * rows);
+        for p in &parts {
+            out.extend_from_slice(p);
+        }
+        out.resize(len * rows, T::default());
+    }
+    match dtype {
+        InputType::Float32 => rows_of(items.iter().map(|p| &p.input.f32[..]).collect(), rows, &mut out.f32),
+        InputType::Float16 => rows_of(items.iter().map(|p| &p.input.f16[..]).collect(), rows, &mut out.f16),
+        InputType::Uint8 => rows_of(items.iter().map(|p| &p.input.u8[..]).collect(), rows, &mut out.u8),
     }
 }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vigil_camera::{Camera, Frame, FrameSlot};
-use vigil_inference::{ImageView, ModelInfo, Prediction, Scratch, runtime};
+use vigil_inference::{ImageView, ModelInfo, Prediction, Prepared, runtime};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
@@ -35,7 +35,9 @@ use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::rules::RuleState;
+use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter};
 use crate::snapshots::{Retention, SnapshotStore};
+use crate::threads::ThreadPlan;
 use crate::{StartError, annotate, azure};
 
 /// Capacity of the events channel between the cameras and the outbox writer.
@@ -86,6 +88,9 @@ pub struct Appliance {
     device: String,
     cameras: Vec<CameraRuntime>,
     models: HashMap<String, Arc<ModelSlot>>,
+    /// Each model's runner: its counters and batching.
+    runners: HashMap<String, (Arc<RunnerStats>, BatchPolicy)>,
+    threads: ThreadPlan,
     /// For events the API causes (model swaps); dropped at shutdown so the
     /// writer sees the channel close.
     api_events: Mutex<Option<mpsc::Sender<Emitted>>>,
@@ -186,6 +191,14 @@ pub struct ModelHealth {
     /// `[width, height]`; absent when frames are fed at their own size.
     pub input: Option<[u32; 2]>,
     pub provider: vigil_inference::ProviderStatus,
+    /// ONNX Runtime intra-op threads (planned, or `models[].threads`).
+    pub threads: usize,
+    /// The most frames one run takes: the config's `batch` and what the
+    /// model accepts, whichever is less.
+    pub batch_limit: usize,
+    /// Runs so far, and the frames they took (frames / runs = mean batch).
+    pub runs: u64,
+    pub frames_run: u64,
 }
 
 /// Why a snapshot could not be made.
@@ -235,8 +248,16 @@ impl Appliance {
     pub fn start(loaded: &LoadedConfig) -> Result<Arc<Appliance>, StartError> {
         let cfg = &loaded.config;
         let rt = runtime::init()?;
+        let threads = ThreadPlan::new(cfg, ThreadPlan::available_cores());
+        tracing::info!(
+            cores = threads.cores,
+            models = ?threads.model_threads,
+            decode_threads = ?threads.decode_threads,
+            "thread plan"
+        );
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
+        let mut queues = HashMap::new();
         for m in &cfg.models {
             let cameras: Vec<String> = cfg
                 .cameras
@@ -252,7 +273,13 @@ impl Appliance {
                 .collect();
             required.sort();
             required.dedup();
-            let slot = ModelSlot::open(&m.name, &m.path, m.options(), &loaded.data_dir, cameras, required)
+            let mut options = m.options();
+            options.intra_threads = threads.model_threads[&m.name];
+            let policy = BatchPolicy {
+                max_batch: m.batch.unwrap_or(cameras.len().clamp(1, 8)),
+                wait: Duration::from_millis(m.batch_wait_ms),
+            };
+            let slot = ModelSlot::open(&m.name, &m.path, options, &loaded.data_dir, cameras, required)
                 .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
             let det = slot.current();
             tracing::info!(
@@ -265,6 +292,8 @@ impl Appliance {
             );
             models.insert(m.name.clone(), Arc::new(slot));
             model_order.push(m.name.clone());
+            let (queue, _runner) = InferenceQueue::start(&m.name, policy);
+            queues.insert(m.name.clone(), (queue, policy));
         }
         let label_problems =
             check_rule_labels(loaded, &|m| models.get(m).map(|s| s.current().info().labels().to_vec()));
@@ -392,9 +421,11 @@ impl Appliance {
         for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
             let model_slot = c.model.as_ref().map(|m| models[m].clone());
             let slot = FrameSlot::new();
+            let mut options = c.options();
+            options.decode_threads = threads.decode_threads;
             let (camera, failed, source) = match source {
                 Ok(source) => (
-                    Some(Camera::start(&c.name, source.clone(), c.options(), slot.clone())),
+                    Some(Camera::start(&c.name, source.clone(), options, slot.clone())),
                     None,
                     source.to_string(),
                 ),
@@ -454,6 +485,7 @@ impl Appliance {
                 device: cfg.device_id.clone(),
                 camera: c.name.clone(),
                 slot,
+                submitter: c.model.as_ref().map(|m| queues[m].0.submitter()),
                 model_slot,
                 events,
                 events_tx: ev_tx.clone(),
@@ -497,6 +529,8 @@ impl Appliance {
             device: cfg.device_id.clone(),
             cameras,
             models,
+            runners: queues.iter().map(|(k, (q, p))| (k.clone(), (q.stats.clone(), *p))).collect(),
+            threads,
             api_events,
             model_order,
             mqtt: status,
@@ -811,6 +845,19 @@ impl Appliance {
                 m.provider.active
             );
         }
+        help(
+            &mut o,
+            "vigil_model_runs_total",
+            "counter",
+            "Model runs; with vigil_model_frames_total, the mean batch size.",
+        );
+        for m in &h.models {
+            let _ = writeln!(o, "vigil_model_runs_total{{slot=\"{}\"}} {}", escape(&m.name), m.runs);
+        }
+        help(&mut o, "vigil_model_frames_total", "counter", "Frames the model's runs took, all cameras.");
+        for m in &h.models {
+            let _ = writeln!(o, "vigil_model_frames_total{{slot=\"{}\"}} {}", escape(&m.name), m.frames_run);
+        }
         help(&mut o, "vigil_uptime_seconds", "gauge", "Seconds since start.");
         let _ = writeln!(o, "vigil_uptime_seconds {}", h.uptime_s);
         o
@@ -916,6 +963,10 @@ impl Appliance {
                         labels: i.labels().to_vec(),
                         input: i.input_size().map(|(w, h)| [w, h]),
                         provider: i.provider.clone(),
+                        threads: self.threads.model_threads.get(n).copied().unwrap_or(0),
+                        batch_limit: self.runners.get(n).map_or(1, |(_, p)| p.max_batch.min(d.batch_limit())),
+                        runs: self.runners.get(n).map_or(0, |(s, _)| s.runs.load(Ordering::Relaxed)),
+                        frames_run: self.runners.get(n).map_or(0, |(s, _)| s.frames.load(Ordering::Relaxed)),
                     }
                 })
                 .collect(),
@@ -986,6 +1037,8 @@ struct Worker {
     camera: String,
     slot: Arc<FrameSlot>,
     model_slot: Option<Arc<ModelSlot>>,
+    /// The way into the model's shared runner.
+    submitter: Option<Submitter>,
     events: CameraEvents,
     events_tx: mpsc::Sender<Emitted>,
     detections_tx: Option<mpsc::Sender<Vec<u8>>>,
@@ -1007,7 +1060,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
             let span = tracing::info_span!("inference", camera = %w.camera);
             let _e = span.enter();
             let camera: Arc<str> = w.camera.clone().into();
-            let mut scratch = Scratch::default();
+            let mut prepared = Some(Prepared::default());
             let mut last: Option<(Frame, Arc<ModelInfo>)> = None;
             loop {
                 let Some(frame) = w.slot.take_timeout(Duration::from_millis(500)) else {
@@ -1051,7 +1104,15 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                         continue;
                     }
                 }
-                let (prediction, timings) = match detector.detect(&view, &mut scratch) {
+                let model = detector.info().clone();
+                let Some(submitter) = &w.submitter else { break };
+                let Some(done) = submitter
+                    .infer(detector, prepared.take().unwrap_or_default(), |d, p| d.prepare(&view, p))
+                else {
+                    break;
+                };
+                prepared = Some(done.prepared);
+                let (prediction, timings) = match done.result {
                     Ok(r) => r,
                     Err(e) => {
                         let n = w.errors.fetch_add(1, Ordering::Relaxed);
@@ -1067,7 +1128,6 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 w.stages.preprocess.observe(timings.preprocess.as_secs_f64());
                 w.stages.inference.observe(timings.run.as_secs_f64());
                 w.stages.postprocess.observe(timings.postprocess.as_secs_f64());
-                let model = detector.info().clone();
 
                 if let Some(tx) = &w.detections_tx {
                     let noteworthy = !prediction.detections.is_empty()

@@ -310,9 +310,20 @@ pub struct ModelConfig {
     /// Confidence thresholds for particular labels, e.g. `{ person = 0.5 }`.
     #[serde(default)]
     pub class_confidence: BTreeMap<String, f32>,
-    /// ONNX Runtime threads for this model; 0 lets ONNX Runtime use every core.
+    /// ONNX Runtime intra-op threads for this model. 0 (the default) plans
+    /// them: the cores divided among the models cameras use (one model: every
+    /// core), since each model runs one batch at a time.
     #[serde(default)]
     pub threads: usize,
+    /// The most frames, from different cameras, one run takes when the model
+    /// accepts a batch (first input dimension dynamic or a fixed N). Unset:
+    /// the number of cameras on the model, at most 8; 1 turns batching off.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// How long a batch waits for frames other cameras are preparing, in ms.
+    /// Frames not on their way are never waited for.
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_wait_ms: u64,
     /// Where the model runs: `cpu`, `cuda`, `tensorrt` or `openvino`.
     #[serde(default)]
     pub provider: vigil_inference::Provider,
@@ -433,6 +444,9 @@ impl CameraConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_batch_wait_ms() -> u64 {
+    10
 }
 fn default_latency_ms() -> u32 {
     200
@@ -717,6 +731,12 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if m.max_detections == Some(0) {
             p(format!("{at}.max_detections = 0: must be at least 1"));
+        }
+        if let Some(b) = m.batch.filter(|b| !(1..=64).contains(b)) {
+            p(format!("{at}.batch = {b}: must be 1 to 64 (1 turns batching off)"));
+        }
+        if m.batch_wait_ms > 1000 {
+            p(format!("{at}.batch_wait_ms = {}: at most 1000 (a few ms is plenty)", m.batch_wait_ms));
         }
         for (label, v) in &m.class_confidence {
             if !(0.0..=1.0).contains(v) {

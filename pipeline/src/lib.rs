@@ -22,7 +22,9 @@ pub mod motion;
 pub mod mqtt;
 pub mod outbox;
 pub mod rules;
+pub mod scheduler;
 pub mod snapshots;
+pub mod threads;
 pub mod tracker;
 pub mod zones;
 

@@ -219,6 +219,23 @@ impl Subscriber {
         }
     }
 
+    /// The next message on `topic`, or `None` once none has come for `quiet`.
+    pub fn try_next_on(&self, topic: &str, quiet: Duration) -> Option<Vec<u8>> {
+        {
+            let mut pending = self.pending.borrow_mut();
+            if let Some(i) = pending.iter().position(|(t, _)| t == topic) {
+                return pending.remove(i).map(|(_, p)| p);
+            }
+        }
+        loop {
+            match self.rx.recv_timeout(quiet) {
+                Ok((t, payload)) if t == topic => return Some(payload),
+                Ok(other) => self.pending.borrow_mut().push_back(other),
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits for `payload` on `topic`.
     pub fn expect(&self, topic: &str, payload: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -699,7 +716,12 @@ fn send(
 /// Protobuf lets a later occurrence of a singular field override an earlier
 /// one, so appending the field to the serialized ModelProto is enough.
 pub fn ball_model_variant(tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(ball_model()).expect("ball model");
+    model_variant(&ball_model(), tag)
+}
+
+/// [`ball_model_variant`] of any model file.
+pub fn model_variant(model: &Path, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(model).expect("model");
     assert!(tag.len() < 128, "one-byte length prefix");
     bytes.push((6 << 3) | 2); // field 6 (doc_string), length-delimited
     bytes.push(tag.len() as u8);
@@ -749,4 +771,36 @@ pub fn make_scene_clip(path: &Path, fps: u32, centres: &[Option<(f32, f32)>]) {
         .status()
         .expect("gst-launch-1.0");
     assert!(status.success(), "making the clip");
+}
+
+/// The ball model made to take a batch (`models/make_batched.py`): any size,
+/// or exactly `fixed` frames. Built once into `.deps/fixtures`, keyed by the
+/// source model's and the script's bytes.
+pub fn batched_ball_model(fixed: Option<usize>) -> PathBuf {
+    use sha2::Digest;
+    let root = repo_root();
+    let script = root.join("models/make_batched.py");
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(ball_model()).expect("ball model"));
+    h.update(std::fs::read(&script).expect("make_batched.py"));
+    let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let dir = root.join(".deps/fixtures");
+    std::fs::create_dir_all(&dir).expect("fixtures dir");
+    let tag = fixed.map_or("dyn".to_string(), |n| format!("b{n}"));
+    let out = dir.join(format!("ball-{tag}-{key}.onnx"));
+    if !out.is_file() {
+        // Tests run in parallel: build under a unique name, then rename into place.
+        // (tests of one binary share the process id: the name is a tempfile's)
+        let tmp = tempfile::Builder::new().suffix(".onnx").tempfile_in(&dir).expect("temp file").into_temp_path();
+        let py = root.join(".deps/venv/bin/python");
+        let mut cmd = Command::new(&py);
+        cmd.arg(&script).arg(ball_model()).arg(&tmp);
+        if let Some(n) = fixed {
+            cmd.args(["--fixed", &n.to_string()]);
+        }
+        let o = cmd.output().expect("make_batched.py (run deploy/bootstrap.sh for the venv)");
+        assert!(o.status.success(), "make_batched.py: {}", String::from_utf8_lossy(&o.stderr));
+        tmp.persist(&out).expect("rename");
+    }
+    out
 }

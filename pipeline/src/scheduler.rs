@@ -1,0 +1,212 @@
+//! Shared inference: one runner thread per model, fed by every camera that
+//! uses the model.
+//!
+//! ```text
+//!  camera worker ─ prepare (preprocess, in parallel) ─┐
+//!  camera worker ─ prepare ───────────────────────────┼─▶ queue ─▶ runner: one session.run
+//!  camera worker ─ prepare ───────────────────────────┘            on up to `batch` frames,
+//!        ▲                                                        decode each, reply
+//!        └──────────────────── prediction ◀────────────────────────┘
+//! ```
+//!
+//! Fairness comes from the shape of it: a worker submits one frame and waits
+//! for its answer, so each camera has at most one frame queued and the queue
+//! is first come, first served; a fast camera cannot crowd out a slow one.
+//! When frames come faster than the model runs, each camera's frame slot
+//! keeps the newest frame and counts the one it replaced (`frames_dropped`).
+//!
+//! Batching waits only for frames that are on their way: workers say when
+//! they start preparing a frame, and the runner holds a batch open (up to
+//! `batch_wait`) only while some are. A single camera, or cameras whose
+//! frames are not due, never wait for anyone.
+//!
+//! A hot swap can leave frames prepared for the old version in the queue;
+//! each batch holds frames of one version only, so every frame is run by the
+//! version it was prepared for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vigil_inference::{Detector, InferenceError, Prediction, Prepared, RunScratch, Timings};
+
+/// How a model's runner batches.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BatchPolicy {
+    /// The most frames one run takes (the model may allow fewer).
+    pub max_batch: usize,
+    /// How long a batch waits for frames that are being prepared.
+    pub wait: Duration,
+}
+
+#[derive(Debug)]
+struct Job {
+    detector: Arc<Detector>,
+    prepared: Prepared,
+    reply: mpsc::SyncSender<Done>,
+}
+
+/// A frame's answer, with its buffers back for the next frame.
+#[derive(Debug)]
+pub struct Done {
+    pub prepared: Prepared,
+    pub result: Result<(Prediction, Timings), InferenceError>,
+    /// Frames in the run this one was part of.
+    pub batch: usize,
+}
+
+/// Counters of one model's runner.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    pub runs: AtomicU64,
+    pub frames: AtomicU64,
+}
+
+/// The cameras' side of one model's runner.
+#[derive(Debug)]
+pub struct InferenceQueue {
+    tx: mpsc::Sender<Job>,
+    preparing: Arc<AtomicUsize>,
+    pub stats: Arc<RunnerStats>,
+}
+
+impl InferenceQueue {
+    /// Starts the runner thread for model `name`. It ends when every
+    /// `Submitter` is gone.
+    pub fn start(name: &str, policy: BatchPolicy) -> (InferenceQueue, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let preparing = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(RunnerStats::default());
+        let runner = Runner { rx, preparing: preparing.clone(), stats: stats.clone(), policy, carry: None };
+        let handle = std::thread::Builder::new()
+            .name(format!("run-{name}"))
+            .spawn(move || runner.run())
+            .expect("spawning a model runner thread");
+        (InferenceQueue { tx, preparing, stats }, handle)
+    }
+
+    /// A handle for one camera worker.
+    pub fn submitter(&self) -> Submitter {
+        let (reply, answers) = mpsc::sync_channel(1);
+        Submitter { tx: self.tx.clone(), preparing: self.preparing.clone(), reply, answers }
+    }
+}
+
+/// One camera's way into the runner.
+#[derive(Debug)]
+pub struct Submitter {
+    tx: mpsc::Sender<Job>,
+    preparing: Arc<AtomicUsize>,
+    reply: mpsc::SyncSender<Done>,
+    answers: mpsc::Receiver<Done>,
+}
+
+impl Submitter {
+    /// Prepares the frame on this thread, then runs it on the model's runner
+    /// and waits for the answer. `None` when the runner is gone.
+    pub fn infer(
+        &self,
+        detector: Arc<Detector>,
+        mut prepared: Prepared,
+        prepare: impl FnOnce(&Detector, &mut Prepared),
+    ) -> Option<Done> {
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        prepare(&detector, &mut prepared);
+        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone() });
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+        sent.ok()?;
+        self.answers.recv().ok()
+    }
+}
+
+#[derive(Debug)]
+struct Runner {
+    rx: mpsc::Receiver<Job>,
+    preparing: Arc<AtomicUsize>,
+    stats: Arc<RunnerStats>,
+    policy: BatchPolicy,
+    /// A frame for another model version than the batch being gathered: it
+    /// opens the next one.
+    carry: Option<Job>,
+}
+
+impl Runner {
+    fn run(mut self) {
+        let mut scratch = RunScratch::default();
+        let mut batch: Vec<Job> = Vec::new();
+        loop {
+            let first = match self.carry.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let limit = first.detector.batch_limit().min(self.policy.max_batch).max(1);
+            batch.push(first);
+            self.gather(&mut batch, limit);
+            self.execute(&mut batch, &mut scratch);
+        }
+    }
+
+    /// Adds queued frames of the same version, and waits (up to the
+    /// deadline) for frames that are being prepared right now.
+    fn gather(&mut self, batch: &mut Vec<Job>, limit: usize) {
+        let deadline = Instant::now() + self.policy.wait;
+        while batch.len() < limit {
+            let next = match self.rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => {
+                    if self.preparing.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    match self.rx.recv_timeout(deadline - now) {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                }
+            };
+            if Arc::ptr_eq(&next.detector, &batch[0].detector) {
+                batch.push(next);
+            } else {
+                self.carry = Some(next);
+                return;
+            }
+        }
+    }
+
+    fn execute(&self, batch: &mut Vec<Job>, scratch: &mut RunScratch) {
+        let n = batch.len();
+        let detector = batch[0].detector.clone();
+        let result = {
+            let items: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
+            detector.run_prepared(&items, scratch)
+        };
+        self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
+        match result {
+            Ok(predictions) => {
+                for (job, r) in batch.drain(..).zip(predictions) {
+                    let _ = job.reply.send(Done { prepared: job.prepared, result: Ok(r), batch: n });
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Done {
+                        prepared: job.prepared,
+                        result: Err(InferenceError::Run(message.clone())),
+                        batch: n,
+                    });
+                }
+            }
+        }
+    }
+}
