@@ -137,8 +137,13 @@ confidence = 0.5
     let at_swap = processed(&v);
     assert!(at_swap < 4 * u64::from(frames_per_clip), "the swap must land mid-run: {at_swap}");
 
-    wait_until(Duration::from_secs(180), "all four clips analysed to the end", || {
+    wait_until(Duration::from_secs(180), "all four clips decoded to the end", || {
         names.iter().all(|c| camera_health(&v, c)["state"] == "ended")
+    });
+    // The camera ends when its decoder does; the last frames are still with
+    // the model then. A frame lost anywhere would keep this from holding.
+    wait_until(Duration::from_secs(30), "every frame decoded to be analysed", || {
+        names.iter().all(|c| camera_health(&v, c)["frames_processed"] == frames_per_clip)
     });
     let h = v.health();
     for c in names {

@@ -330,6 +330,9 @@ fn supervise(
             RunEnd::Ended => {
                 tracing::info!("file ended (loop = false)");
                 stats.set_state(CameraState::Ended);
+                // No frame will come: the consumer drains the slot and sees
+                // the end (its open tracks end, every start gets its end).
+                slot.close();
                 while !stop.sleep(Duration::from_secs(3600)) {}
                 break;
             }
@@ -484,6 +487,7 @@ fn run_pipeline(
         // A recording played as fast as it decodes: every frame is analysed.
         let lossless = source.is_file() && !options.realtime;
         let sink_stop = stop.clone();
+        let media_clock: Mutex<Option<(SystemTime, Duration)>> = Mutex::new(None);
         // Caps rarely change; remember the parsed video info for the last caps seen.
         let info_cache: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
         sink.set_callbacks(
@@ -515,10 +519,22 @@ fn run_pipeline(
                     };
                     let mapped = buffer.into_mapped_buffer_readable().map_err(|_| gst::FlowError::Error)?;
                     let now = Instant::now();
+                    // A recording analysed faster than real time keeps its own
+                    // clock: the wall time of its first frame plus the media
+                    // time since. Tracks, dwell times, motion-gating intervals
+                    // and event times then mean what they would have meant
+                    // live, however fast the frames come.
+                    let captured_at = match (lossless, pts) {
+                        (true, Some(pts)) => {
+                            let (wall0, pts0) = *media_clock.lock().get_or_insert((SystemTime::now(), pts));
+                            wall0 + pts.saturating_sub(pts0)
+                        }
+                        _ => SystemTime::now(),
+                    };
                     let frame = Frame::from_gst(
                         name.clone(),
                         next_seq.fetch_add(1, Ordering::Relaxed),
-                        SystemTime::now(),
+                        captured_at,
                         now,
                         pts,
                         source_latency,

@@ -1053,17 +1053,39 @@ struct Worker {
     stages: Arc<StageMetrics>,
 }
 
+/// A frame whose inference is under way on the model's runner.
+struct InFlight {
+    frame: Frame,
+    model: Arc<ModelInfo>,
+}
+
 fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(format!("infer-{}", w.camera))
         .spawn(move || {
             let span = tracing::info_span!("inference", camera = %w.camera);
             let _e = span.enter();
-            let camera: Arc<str> = w.camera.clone().into();
-            let mut prepared = Some(Prepared::default());
+            // Two input buffers: one with the runner, one being filled.
+            let mut spare: Vec<Prepared> = vec![Prepared::default(), Prepared::default()];
+            let mut in_flight: Option<InFlight> = None;
             let mut last: Option<(Frame, Arc<ModelInfo>)> = None;
             loop {
-                let Some(frame) = w.slot.take_timeout(Duration::from_millis(500)) else {
+                // While a frame is with the model, the next one is prepared
+                // as soon as it is there (preprocessing overlaps the run);
+                // with nothing there, the answer is handled first so that
+                // events never wait for the next frame.
+                let next = if in_flight.is_some() {
+                    w.slot.take_timeout(Duration::ZERO)
+                } else {
+                    w.slot.take_timeout(Duration::from_millis(500))
+                };
+                let Some(frame) = next else {
+                    if let Some(job) = in_flight.take() {
+                        if !w.finish_inference(job, &mut spare, &mut last) {
+                            break;
+                        }
+                        continue;
+                    }
                     if w.slot.is_closed() {
                         break;
                     }
@@ -1081,7 +1103,9 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 };
                 // One atomic load per frame: this frame is processed wholly by
                 // this version, even if a swap lands meanwhile.
-                let Some(detector) = w.model_slot.as_ref().map(|s| s.current()) else {
+                let (Some(detector), Some(submitter)) =
+                    (w.model_slot.as_ref().map(|s| s.current()), w.submitter.as_ref())
+                else {
                     // A camera that is only watched: keep its newest frame for snapshots.
                     w.processed.fetch_add(1, Ordering::Relaxed);
                     *w.latest.lock() =
@@ -1105,72 +1129,25 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                     }
                 }
                 let model = detector.info().clone();
-                let Some(submitter) = &w.submitter else { break };
-                let Some(done) = submitter
-                    .infer(detector, prepared.take().unwrap_or_default(), |d, p| d.prepare(&view, p))
-                else {
-                    break;
-                };
-                prepared = Some(done.prepared);
-                let (prediction, timings) = match done.result {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let n = w.errors.fetch_add(1, Ordering::Relaxed);
-                        // The first error and then one in a hundred: a broken
-                        // model must not flood the log at frame rate.
-                        if n.is_multiple_of(100) {
-                            tracing::error!(error = %e, count = n + 1, "inference failed");
-                        }
-                        continue;
-                    }
-                };
-                w.processed.fetch_add(1, Ordering::Relaxed);
-                w.stages.preprocess.observe(timings.preprocess.as_secs_f64());
-                w.stages.inference.observe(timings.run.as_secs_f64());
-                w.stages.postprocess.observe(timings.postprocess.as_secs_f64());
-
-                if let Some(tx) = &w.detections_tx {
-                    let noteworthy = !prediction.detections.is_empty()
-                        || !prediction.classes.is_empty()
-                        || prediction.anomaly.is_some();
-                    if noteworthy {
-                        let msg = DetectionsEvent {
-                            id: uuid::Uuid::now_v7(),
-                            camera: camera.clone(),
-                            captured_at: frame.captured_at(),
-                            captured_instant: frame.captured_instant(),
-                            frame_seq: frame.seq(),
-                            pts: frame.pts(),
-                            width: frame.width(),
-                            height: frame.height(),
-                            model: model.clone(),
-                            prediction: prediction.clone(),
-                            timings,
-                        }
-                        .to_json(&w.device, SystemTime::now(), Instant::now());
-                        if tx.try_send(msg).is_err() {
-                            w.status.note_detection_dropped();
-                        }
-                    }
-                }
-
-                let command = w.command.lock().take();
-                let t_events = Instant::now();
-                let emitted = w.events.process(&frame, &prediction, &model, command);
-                w.stages.events.observe(t_events.elapsed().as_secs_f64());
-                let counts = w.events.line_counts();
-                if !counts.is_empty() {
-                    *w.line_counts.lock() = counts;
-                }
-                *w.latest.lock() = Some(Arc::new(Processed {
-                    frame: frame.clone(),
-                    prediction,
-                    model: Some(model.clone()),
-                }));
-                last = Some((frame, model));
-                if send_all(&w.events_tx, emitted).is_err() {
+                let mut prepared = spare.pop().unwrap_or_default();
+                // Only a worker with nothing queued counts as "on its way":
+                // the runner may hold a batch open for it.
+                submitter.prepare(&detector, &mut prepared, in_flight.is_none(), |d, p| d.prepare(&view, p));
+                // One frame per camera with the runner: the previous answer
+                // first (this keeps frames in order and cameras fair).
+                if let Some(job) = in_flight.take()
+                    && !w.finish_inference(job, &mut spare, &mut last)
+                {
                     break;
                 }
+                let Some(submitter) = w.submitter.as_ref() else { break };
+                if !submitter.submit(detector, prepared) {
+                    break;
+                }
+                in_flight = Some(InFlight { frame, model });
+            }
+            if let Some(job) = in_flight.take() {
+                w.finish_inference(job, &mut spare, &mut last);
             }
             // The camera stopped: every open track ends, so every start has its end.
             if let Some((frame, model)) = last {
@@ -1178,6 +1155,78 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
             }
         })
         .expect("spawning an inference thread")
+}
+
+impl Worker {
+    /// Waits for the runner's answer on `job`'s frame, then publishes its
+    /// detections and turns them into events. `false` when the worker must
+    /// stop (the runner or the event writer is gone).
+    fn finish_inference(
+        &mut self,
+        job: InFlight,
+        spare: &mut Vec<Prepared>,
+        last: &mut Option<(Frame, Arc<ModelInfo>)>,
+    ) -> bool {
+        let Some(done) = self.submitter.as_ref().and_then(|s| s.wait()) else {
+            return false;
+        };
+        spare.push(done.prepared);
+        let InFlight { frame, model } = job;
+        let (prediction, timings) = match done.result {
+            Ok(r) => r,
+            Err(e) => {
+                let n = self.errors.fetch_add(1, Ordering::Relaxed);
+                // The first error and then one in a hundred: a broken
+                // model must not flood the log at frame rate.
+                if n.is_multiple_of(100) {
+                    tracing::error!(error = %e, count = n + 1, "inference failed");
+                }
+                return true;
+            }
+        };
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        self.stages.preprocess.observe(timings.preprocess.as_secs_f64());
+        self.stages.inference.observe(timings.run.as_secs_f64());
+        self.stages.postprocess.observe(timings.postprocess.as_secs_f64());
+
+        if let Some(tx) = &self.detections_tx {
+            let noteworthy = !prediction.detections.is_empty()
+                || !prediction.classes.is_empty()
+                || prediction.anomaly.is_some();
+            if noteworthy {
+                let msg = DetectionsEvent {
+                    id: uuid::Uuid::now_v7(),
+                    camera: self.camera.as_str().into(),
+                    captured_at: frame.captured_at(),
+                    captured_instant: frame.captured_instant(),
+                    frame_seq: frame.seq(),
+                    pts: frame.pts(),
+                    width: frame.width(),
+                    height: frame.height(),
+                    model: model.clone(),
+                    prediction: prediction.clone(),
+                    timings,
+                }
+                .to_json(&self.device, SystemTime::now(), Instant::now());
+                if tx.try_send(msg).is_err() {
+                    self.status.note_detection_dropped();
+                }
+            }
+        }
+
+        let command = self.command.lock().take();
+        let t_events = Instant::now();
+        let emitted = self.events.process(&frame, &prediction, &model, command);
+        self.stages.events.observe(t_events.elapsed().as_secs_f64());
+        let counts = self.events.line_counts();
+        if !counts.is_empty() {
+            *self.line_counts.lock() = counts;
+        }
+        *self.latest.lock() =
+            Some(Arc::new(Processed { frame: frame.clone(), prediction, model: Some(model.clone()) }));
+        *last = Some((frame, model));
+        send_all(&self.events_tx, emitted).is_ok()
+    }
 }
 
 /// Blocks while the events channel is full: events are never dropped.

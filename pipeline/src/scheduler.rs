@@ -90,34 +90,81 @@ impl InferenceQueue {
     /// A handle for one camera worker.
     pub fn submitter(&self) -> Submitter {
         let (reply, answers) = mpsc::sync_channel(1);
-        Submitter { tx: self.tx.clone(), preparing: self.preparing.clone(), reply, answers }
+        Submitter {
+            tx: self.tx.clone(),
+            preparing: self.preparing.clone(),
+            reply,
+            answers,
+            announced: std::cell::Cell::new(false),
+        }
     }
 }
 
-/// One camera's way into the runner.
+/// One camera's way into the runner: prepare, submit, wait; one frame in
+/// flight at a time.
 #[derive(Debug)]
 pub struct Submitter {
     tx: mpsc::Sender<Job>,
     preparing: Arc<AtomicUsize>,
     reply: mpsc::SyncSender<Done>,
     answers: mpsc::Receiver<Done>,
+    /// Counted in `preparing` until the frame is submitted.
+    announced: std::cell::Cell<bool>,
 }
 
 impl Submitter {
-    /// Prepares the frame on this thread, then runs it on the model's runner
-    /// and waits for the answer. `None` when the runner is gone.
+    /// Runs `prepare` (preprocessing, on this thread). With `announce`, the
+    /// runner knows a frame is on its way meanwhile and may hold a batch
+    /// open for it.
+    pub fn prepare(
+        &self,
+        detector: &Detector,
+        prepared: &mut Prepared,
+        announce: bool,
+        prepare: impl FnOnce(&Detector, &mut Prepared),
+    ) {
+        if announce && !self.announced.replace(true) {
+            self.preparing.fetch_add(1, Ordering::SeqCst);
+        }
+        prepare(detector, prepared);
+    }
+
+    /// Hands a prepared frame to the runner. `false` when the runner is gone.
+    pub fn submit(&self, detector: Arc<Detector>, prepared: Prepared) -> bool {
+        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone() }).is_ok();
+        // After the send: the runner never sees "nobody preparing" and an
+        // empty queue while this frame is between the two.
+        if self.announced.replace(false) {
+            self.preparing.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// The answer for the frame submitted last. `None` when the runner is gone.
+    pub fn wait(&self) -> Option<Done> {
+        self.answers.recv().ok()
+    }
+
+    /// Prepare, submit and wait, in one call.
     pub fn infer(
         &self,
         detector: Arc<Detector>,
         mut prepared: Prepared,
         prepare: impl FnOnce(&Detector, &mut Prepared),
     ) -> Option<Done> {
-        self.preparing.fetch_add(1, Ordering::SeqCst);
-        prepare(&detector, &mut prepared);
-        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone() });
-        self.preparing.fetch_sub(1, Ordering::SeqCst);
-        sent.ok()?;
-        self.answers.recv().ok()
+        self.prepare(&detector, &mut prepared, true, prepare);
+        if !self.submit(detector, prepared) {
+            return None;
+        }
+        self.wait()
+    }
+}
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        if self.announced.get() {
+            self.preparing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

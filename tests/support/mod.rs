@@ -791,7 +791,8 @@ pub fn batched_ball_model(fixed: Option<usize>) -> PathBuf {
     if !out.is_file() {
         // Tests run in parallel: build under a unique name, then rename into place.
         // (tests of one binary share the process id: the name is a tempfile's)
-        let tmp = tempfile::Builder::new().suffix(".onnx").tempfile_in(&dir).expect("temp file").into_temp_path();
+        let tmp =
+            tempfile::Builder::new().suffix(".onnx").tempfile_in(&dir).expect("temp file").into_temp_path();
         let py = root.join(".deps/venv/bin/python");
         let mut cmd = Command::new(&py);
         cmd.arg(&script).arg(ball_model()).arg(&tmp);

@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Vigil against the limit and against a plain Python pipeline, side by side.
+
+Run through bench/pipeline.sh (it builds Vigil and the models first). Cases:
+
+  one camera   Vigil (one lossless file camera) vs bare session.run vs the
+               Python reference (bench/reference_pipeline.py): throughput,
+               CPU seconds per frame, peak RSS.
+  latency      one camera at a live 10 fps: capture-to-publish p50/p99 of
+               Vigil and of the reference, against the bare median run.
+  four cameras Vigil (one process, one shared model, batches) vs four Python
+               processes: aggregate throughput against the bare capacity,
+               each camera's share of it, peak RSS; a model swap lands in the
+               middle of Vigil's run and must cost no frame.
+  still scene  Vigil with motion gating on and off: inferences, events.
+
+Vigil and the reference alternate (A/B/A/B, `--repeats` rounds); each line
+reports the median of the rounds. Everything runs against a real Mosquitto on
+a free loopback port. Results go to stdout (a table) and --out (JSON).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import paho.mqtt.client as mqtt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(what, cond, timeout=120.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    sys.exit(f"timed out waiting for {what}")
+
+
+# --- clips -------------------------------------------------------------------
+
+def write_h264(frames_dir, fps, out):
+    subprocess.run(
+        ["gst-launch-1.0", "-q", "multifilesrc", f"location={frames_dir}/%05d.jpg",
+         f"caps=image/jpeg,framerate={fps}/1", "!", "jpegdec", "!", "videoconvert", "!",
+         "x264enc", "speed-preset=fast", "key-int-max=30", "!", "video/x-h264,profile=high", "!",
+         "mp4mux", "!", "filesink", f"location={out}"],
+        check=True)
+
+
+def make_street_clip(path, frames, fps, w=1280, h=720):
+    """A street-like scene: a textured, lit background and a dozen figures
+    of different sizes and colours walking across at different speeds."""
+    if os.path.exists(path):
+        return
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (60 + 40 * np.sin(xx / 97.0) + 30 * np.cos(yy / 53.0)).astype(np.float32)
+    base = np.stack([base, base * 0.95, base * 0.9], -1)
+    base += rng.normal(0, 6, base.shape).astype(np.float32)
+    base = np.clip(base, 0, 255).astype(np.uint8)
+    walkers = [dict(x=rng.uniform(0, w), y=rng.uniform(h * 0.3, h * 0.9), vx=rng.uniform(-6, 6) or 2,
+                    vy=rng.uniform(-1, 1), s=rng.uniform(0.6, 1.8),
+                    c=tuple(int(v) for v in rng.integers(40, 255, 3))) for _ in range(12)]
+    with tempfile.TemporaryDirectory() as d:
+        for n in range(frames):
+            img = base.copy()
+            for p in walkers:
+                x, y, s = int(p["x"]) % w, int(p["y"]), p["s"]
+                cv2.ellipse(img, (x, y - int(50 * s)), (int(14 * s), int(16 * s)), 0, 0, 360, p["c"], -1)
+                cv2.rectangle(img, (x - int(18 * s), y - int(34 * s)), (x + int(18 * s), y + int(40 * s)), p["c"], -1)
+                p["x"] += p["vx"]
+                p["y"] = min(max(p["y"] + p["vy"], h * 0.3), h * 0.95)
+            noise = rng.integers(0, 4, img.shape, dtype=np.uint8)
+            cv2.imwrite(f"{d}/{n:05d}.jpg", cv2.add(img, noise), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        write_h264(d, fps, path)
+
+
+def make_still_clip(path, fps=30):
+    """Mostly still, as in tests/e2e_motion.rs: 5 s empty, a ball comes in,
+    stands 8 s, leaves, 9 s empty."""
+    if os.path.exists(path):
+        return
+    w, h, r = 640, 480, 20
+    centres = [None] * 150
+    centres += [(-20 + i * 340 / 30, 240) for i in range(30)]
+    centres += [(320, 240)] * 240
+    centres += [(320 + (i + 1) * 340 / 30, 240) for i in range(30)]
+    centres += [None] * 270
+    yy, xx = np.mgrid[0:h, 0:w]
+    texture = (20 + ((xx // 16 + yy // 16) % 2) * 12).astype(np.uint8)
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory() as d:
+        for n, c in enumerate(centres):
+            img = texture + rng.integers(0, 8, texture.shape, dtype=np.uint8)
+            if c:
+                cv2.circle(img, (int(c[0]), int(c[1])), r, 255, -1)
+            cv2.imwrite(f"{d}/{n:05d}.jpg", cv2.merge([img, img, img]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        write_h264(d, fps, path)
+
+
+# --- processes ---------------------------------------------------------------
+
+def proc_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def proc_peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Broker:
+    def __init__(self, work):
+        self.port = free_port()
+        conf = os.path.join(work, "mosquitto.conf")
+        user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip() or "root"
+        with open(conf, "w") as f:
+            f.write(f"user {user}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.p = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for("mosquitto", self._listening, 10)
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+
+
+class Collector:
+    """Every message on `topic`, with the time it arrived."""
+
+    def __init__(self, port, topic):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c.on_message = self._on
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(topic, qos=0)
+        self.c.loop_start()
+        if not subscribed.wait(10):
+            sys.exit("subscription not acknowledged")
+
+    def _on(self, _c, _u, msg):
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload))
+
+    def take(self):
+        with self.lock:
+            out, self.messages = self.messages, []
+        return out
+
+    def stop(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+class Vigil:
+    def __init__(self, binary, work, config):
+        self.dir = tempfile.mkdtemp(dir=work)
+        cfg = os.path.join(self.dir, "vigil.toml")
+        with open(cfg, "w") as f:
+            f.write(f'data_dir = "{self.dir}/data"\n' + config)
+        self.log = open(os.path.join(self.dir, "stderr.log"), "w")
+        self.p = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.PIPE,
+                                  stderr=self.log, text=True, env={**os.environ, "RUST_LOG": "warn"})
+        self.web = None
+        for line in self.p.stdout:
+            if line.strip().startswith("web page: "):
+                self.web = line.strip()[len("web page: "):].rstrip("/").split("/#")[0].split("?")[0]
+                break
+        if not self.web:
+            sys.exit(f"vigil did not start: {open(self.log.name).read()}")
+        threading.Thread(target=self.p.stdout.read, daemon=True).start()
+
+    def get(self, path):
+        with urllib.request.urlopen(self.web + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path, body):
+        req = urllib.request.Request(self.web + path, data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+
+    def health(self):
+        return self.get("/healthz")
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def vigil_config(port, model, cameras, extra_model="", gating=False, detections=True):
+    cfg = f'device_id = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
+    cfg += '[http]\nlisten = "127.0.0.1:0"\nauth = "none"\n'
+    cfg += f"[events]\npublish_detections = {str(detections).lower()}\n"
+    conf = 0.5 if "ball" in os.path.basename(model) else 0.1
+    cfg += f'[[models]]\nname = "det"\npath = "{model}"\nconfidence = {conf}\n{extra_model}\n'
+    for name, source, opts in cameras:
+        cfg += f'[[cameras]]\nname = "{name}"\nsource = "{source}"\nmodel = "det"\nloop = false\n{opts}\n'
+        if not gating:
+            cfg += "motion = { enabled = false }\n"
+    return cfg
+
+
+def run_vigil_lossless(a, broker, model, clips, extra_model="", swap_with=None, gating=False, collect=None,
+                       camera_extra=""):
+    """Vigil on lossless file cameras until every clip has ended. Throughput
+    is taken over the steady part: from each camera's 10th frame to its end."""
+    cams = [(f"cam{i + 1}", f"file://{c}", "realtime = false\n" + camera_extra + os.environ.get("BENCH_CAMERA_EXTRA", ""))
+            for i, c in enumerate(clips)]
+    v = Vigil(a.vigil, a.work, vigil_config(broker.port, model, cams, extra_model, gating, collect is not None))
+    names = [c[0] for c in cams]
+    start, swap = {}, None
+    try:
+        def poll():
+            h = v.health()
+            now = time.monotonic()
+            byname = {c["name"]: c for c in h["cameras"]}
+            for n in names:
+                if n not in start and byname[n]["frames_processed"] >= 10:
+                    start[n] = (now, byname[n]["frames_processed"])
+            return h, byname, now
+        ended_at = None
+        while True:
+            h, byname, now = poll()
+            done = sum(c["frames_processed"] for c in byname.values())
+            if swap_with and swap is None and done >= len(clips) * a.frames // 3:
+                with open(swap_with, "rb") as f:
+                    status, body = v.post("/api/v1/models/det/versions?activate=true", f.read())
+                swap = {"status": status, "at_frames": done, "prepare_ms": body["activation"]["prepare_ms"],
+                        "switch_ms": body["activation"]["switch_ms"]}
+            # The camera ends with its decoder; its last frames are still
+            # with the model then: done when each frame is accounted for.
+            ended = all(c["state"] in ("ended", "failed") for c in byname.values())
+            if ended and ended_at is None:
+                ended_at = now
+            if ended and (now - ended_at > 30 or all(
+                    c["frames_processed"] + c["frames_skipped_still"] + c["frames_dropped_busy"]
+                    + c["inference_errors"] >= c["frames_received"] for c in byname.values())):
+                break
+            time.sleep(0.05)
+        end = {c["name"]: (now, c["frames_processed"]) for c in byname.values()}
+        cpu = proc_cpu_s(v.p.pid)
+        rss = proc_peak_rss_mib(v.p.pid)
+        per_cam = {}
+        for n in names:
+            (t0, f0), (t1, f1) = start[n], end[n]
+            per_cam[n] = (f1 - f0) / (t1 - t0)
+        frames = sum(c["frames_processed"] for c in byname.values())
+        cams = h["cameras"]
+        out = {
+            "frames": frames,
+            "received": sum(c["frames_received"] for c in cams),
+            "dropped": sum(c["frames_dropped_busy"] for c in cams),
+            "skipped_still": sum(c["frames_skipped_still"] for c in cams),
+            "fps": sum(per_cam.values()),
+            "per_camera_fps": per_cam,
+            "cpu_s_per_frame": cpu / max(frames, 1),
+            "peak_rss_mib": rss,
+            "runs": h["models"][0]["runs"],
+            "frames_run": h["models"][0]["frames_run"],
+            "threads": h["models"][0]["threads"],
+            "batch_limit": h["models"][0]["batch_limit"],
+            "model_version": h["models"][0]["version"],
+        }
+        if swap:
+            out["swap"] = swap
+            out["lost_frames"] = out["received"] - out["frames"] - out["skipped_still"]
+        if collect is not None:
+            # A track still open at the end of the clip ends when the worker
+            # drains: wait for every start's end (bounded).
+            def events():
+                evs = v.get("/api/v1/events?limit=1000")["events"]
+                kinds = [e["type"] for e in evs]
+                return evs if kinds.count("object.end") >= kinds.count("object.start") else None
+            collect.extend(wait_for("every track to end", events, 30, 0.1))
+        return out
+    finally:
+        v.stop()
+
+
+def run_reference(a, broker, clip, threads, topic, realtime=False):
+    cmd = [sys.executable, os.path.join(HERE, "reference_pipeline.py"), "--video", clip, "--model", a.model,
+           "--threads", str(threads), "--broker", f"127.0.0.1:{broker.port}", "--topic", topic, "--conf", "0.1"]
+    if realtime:
+        cmd.append("--realtime")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def reference_result(p):
+    out, _ = p.communicate()
+    if p.returncode != 0:
+        sys.exit(f"reference pipeline failed ({p.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bare(a, threads, n=60):
+    """session.run alone on one preprocessed frame: the model's limit."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+    inp = s.get_inputs()[0]
+    x = np.random.default_rng(0).random([1, 3, inp.shape[2], inp.shape[3]], dtype=np.float32)
+    for _ in range(5):
+        s.run(None, {inp.name: x})
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        s.run(None, {inp.name: x})
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"median_ms": med * 1e3, "fps": 1 / med}
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(q / 100 * len(v) + 0.5)) - 1))]
+
+
+def med(rounds, key):
+    return statistics.median(r[key] for r in rounds)
+
+
+# --- cases -------------------------------------------------------------------
+
+def case_one_camera(a, broker, clip, threads):
+    rounds = {"vigil": [], "python": [], "bare": []}
+    for _ in range(a.repeats):
+        rounds["bare"].append(bare(a, threads))
+        rounds["vigil"].append(run_vigil_lossless(a, broker, a.model, [clip], a.model_extra))
+        rounds["python"].append(reference_result(run_reference(a, broker, clip, threads, "bench/ref/0")))
+    return rounds
+
+
+def case_latency(a, broker, clip10, threads):
+    rounds = {"vigil": [], "python": [], "bare": []}
+    for _ in range(a.repeats):
+        # The machine's speed drifts: each round has its own bare baseline.
+        rounds["bare"].append(bare(a, threads))
+        col = Collector(broker.port, "#")
+        v = Vigil(a.vigil, a.work, vigil_config(broker.port, a.model, [("cam1", f"file://{clip10}", "")], a.model_extra))
+        wait_for("the clip to end", lambda: v.health()["cameras"][0]["state"] == "ended", 300, 0.2)
+        v.stop()
+        # Steady state: from the 10th frame on (the first runs warm ONNX Runtime up).
+        msgs = [m for m in (json.loads(p) for t, p in col.take() if t.endswith("/detections"))
+                if m["frame"]["seq"] >= 10]
+        lat = [m["latency_ms"] for m in msgs]
+        runs = [m["timings_ms"]["inference"] for m in msgs]
+        rounds["vigil"].append({"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat),
+                                "run_p50_ms": pct(runs, 50), "run_p99_ms": pct(runs, 99),
+                                })
+        p = run_reference(a, broker, clip10, threads, "bench/ref/lat", realtime=True)
+        reference_result(p)
+        lat = [(m["published_ns"] - m["captured_ns"]) / 1e6 for m in
+               (json.loads(p) for t, p in col.take() if t == "bench/ref/lat") if m["frame"] >= 10]
+        rounds["python"].append({"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat)})
+        col.stop()
+    return rounds
+
+
+def case_four_cameras(a, broker, clip, threads):
+    rounds = {"vigil": [], "python": []}
+    swap_file = os.path.join(a.work, "yolov8n-batch-v2.onnx")
+    with open(a.batched_model, "rb") as f:
+        data = f.read()
+    tag = b"vigil bench v2"
+    with open(swap_file, "wb") as f:  # another sha256, same graph (ONNX doc_string)
+        f.write(data + bytes([(6 << 3) | 2, len(tag)]) + tag)
+    py_threads = max(1, threads // 4)
+    for _ in range(a.repeats):
+        rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra,
+                                                  swap_with=swap_file))
+        t0 = time.monotonic()
+        procs = [run_reference(a, broker, clip, py_threads, f"bench/ref/{i}") for i in range(4)]
+        res = [reference_result(p) for p in procs]
+        wall = time.monotonic() - t0
+        per_cam = {f"cam{i + 1}": r["steady_fps"] for i, r in enumerate(res)}
+        frames = sum(r["frames"] for r in res)
+        rounds["python"].append({
+            "frames": frames, "fps": frames / wall, "steady_fps_sum": sum(per_cam.values()),
+            "per_camera_fps": per_cam, "cpu_s_per_frame": sum(r["cpu_s"] for r in res) / frames,
+            "peak_rss_mib": sum(r["peak_rss_mib"] for r in res), "threads_each": py_threads})
+    return rounds
+
+
+STILL_CAMERA = """zones = [{ name = "middle", polygon = [[0.35, 0.2], [0.65, 0.2], [0.65, 0.8], [0.35, 0.8]], anchor = "center" }]
+lines = [{ name = "gate", from = [0.8, 0.0], to = [0.8, 1.0], anchor = "center" }]
+"""
+
+
+def describe(e):
+    kind = e["type"]
+    if kind in ("zone.enter", "zone.exit"):
+        return f'{kind} {e["zone"]}'
+    if kind == "line.cross":
+        return f'{kind} {e["line"]} {e["direction"]}'
+    return f'{kind} {e.get("track", {}).get("label", "")}'
+
+
+def case_still(a, broker, clip):
+    rounds = {"gated": [], "every": []}
+    events = {}
+    for _ in range(a.repeats):
+        for key, gating in (("gated", True), ("every", False)):
+            evs = []
+            r = run_vigil_lossless(a, broker, a.ball_model, [clip], gating=gating, collect=evs,
+                                   camera_extra=STILL_CAMERA)
+            kinds = [describe(e) for e in sorted(evs, key=lambda e: e.get("seq", 0))
+                     if e["type"] != "object.update" and not e["type"].startswith("model.")]
+            r["events"] = kinds
+            events.setdefault(key, kinds)
+            rounds[key].append(r)
+    return rounds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vigil", required=True)
+    ap.add_argument("--model", required=True, help="YOLO-size model, batch 1")
+    ap.add_argument("--batched-model", required=True, help="the same model taking any batch")
+    ap.add_argument("--ball-model", required=True, help="for the still scene (it detects the ball)")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=300, help="frames of the 30 fps clip")
+    ap.add_argument("--cases", default="one,latency,four,still")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ONNX Runtime threads for Vigil, bare and Python (default: Vigil's plan, every core)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    for k in ("vigil", "model", "batched_model", "ball_model", "work"):
+        setattr(a, k, os.path.abspath(getattr(a, k)))
+    os.makedirs(a.work, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    threads = a.threads or cores  # default: what Vigil's thread plan gives one model
+    a.model_extra = f"threads = {threads}\n" if a.threads else ""
+
+    clip = os.path.join(a.work, f"street-{a.frames}.mp4")
+    clip10 = os.path.join(a.work, "street-10fps-200.mp4")
+    still = os.path.join(a.work, "still.mp4")
+    make_street_clip(clip, a.frames, 30)
+    make_street_clip(clip10, 200, 10)
+    make_still_clip(still)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    result = {"machine": {"cores": cores, "cpu": cpu, "onnxruntime": ort.__version__}, "frames": a.frames,
+              "threads": threads}
+    broker = Broker(a.work)
+    try:
+        cases = a.cases.split(",")
+        if "one" in cases:
+            result["one_camera"] = case_one_camera(a, broker, clip, threads)
+        if "latency" in cases:
+            result["latency"] = case_latency(a, broker, clip10, threads)
+        if "four" in cases:
+            result["four_cameras"] = case_four_cameras(a, broker, clip, threads)
+        if "still" in cases:
+            result["still"] = case_still(a, broker, still)
+    finally:
+        broker.stop()
+    if "bare" not in result:
+        result["bare"] = bare(a, threads)
+    report(result)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def report(r):
+    m = r["machine"]
+    print(f"\n# {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; medians of the rounds\n")
+    bare_rounds = r.get("one_camera", {}).get("bare") or [r["bare"]]
+    bare_fps, bare_ms = med(bare_rounds, "fps"), med(bare_rounds, "median_ms")
+    print(f"bare session.run: {bare_ms:.1f} ms median, {bare_fps:.2f} fps\n")
+    rows = []
+    if "one_camera" in r:
+        v, p = r["one_camera"]["vigil"], r["one_camera"]["python"]
+        rows.append(("1 camera: throughput fps", med(v, "fps"), med(p, "steady_fps"), ">= 0.98 x bare",
+                     med(v, "fps") / bare_fps))
+        rows.append(("1 camera: CPU s/frame", med(v, "cpu_s_per_frame"), med(p, "cpu_s") / med(p, "frames"), "", None))
+        rows.append(("1 camera: peak RSS MiB", med(v, "peak_rss_mib"), med(p, "peak_rss_mib"), "", None))
+    if "latency" in r:
+        v, p = r["latency"]["vigil"], r["latency"]["python"]
+        rows.append(("live 10 fps: latency p50 ms", med(v, "p50_ms"), med(p, "p50_ms"), "", None))
+        ratio = statistics.median(x["p99_ms"] / b["median_ms"] for x, b in zip(v, r["latency"]["bare"]))
+        rows.append(("live 10 fps: latency p99 ms", med(v, "p99_ms"), med(p, "p99_ms"), "<= 1.25 x bare median",
+                     ratio))
+        rows.append(("live 10 fps: session.run in Vigil, p50 ms", med(v, "run_p50_ms"), None, "", None))
+        rows.append(("live 10 fps: session.run in Vigil, p99 ms", med(v, "run_p99_ms"), None, "", None))
+        rows.append(("live 10 fps: bare session.run median ms", statistics.median(
+            b["median_ms"] for b in r["latency"]["bare"]), None, "", None))
+    if "four_cameras" in r:
+        v, p = r["four_cameras"]["vigil"], r["four_cameras"]["python"]
+        share = min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in v)
+        rows.append(("4 cameras: aggregate fps", med(v, "fps"), med(p, "fps"), ">= 0.95 x bare", med(v, "fps") / bare_fps))
+        rows.append(("4 cameras: slowest camera / fair share", share,
+                     min(min(x["per_camera_fps"].values()) / (x["steady_fps_sum"] / 4) for x in p), ">= 0.8", share))
+        rows.append(("4 cameras: CPU s/frame", med(v, "cpu_s_per_frame"), med(p, "cpu_s_per_frame"), "", None))
+        rows.append(("4 cameras: peak RSS MiB (Python: sum of 4)", med(v, "peak_rss_mib"), med(p, "peak_rss_mib"),
+                     "<= 0.25 x Python", med(v, "peak_rss_mib") / med(p, "peak_rss_mib")))
+        rows.append(("4 cameras: frames per model run", statistics.median(x["frames_run"] / x["runs"] for x in v),
+                     1.0, "", None))
+        rows.append(("4 cameras: frames lost to the mid-run swap", max(x["lost_frames"] for x in v), None, "0",
+                     max(x["lost_frames"] for x in v)))
+    print(f"| {'measure':<44} | {'Vigil':>9} | {'Python':>9} | {'target':<22} | {'ratio':>7} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 9}|")
+    for name, v, p, target, ratio in rows:
+        fv = f"{v:9.3f}" if isinstance(v, float) else f"{v:>9}"
+        fp = "" if p is None else (f"{p:9.3f}" if isinstance(p, float) else f"{p:>9}")
+        fr = "" if ratio is None else f"{ratio:7.3f}"
+        print(f"| {name:<44} | {fv} | {fp:>9} | {target:<22} | {fr:>7} |")
+    if "still" in r:
+        g, e = r["still"]["gated"], r["still"]["every"]
+        frames = med(g, "received")
+        print(f"\nstill scene: {frames:.0f} frames; gating on: {med(g, 'frames'):.0f} inferences "
+              f"({frames / med(g, 'frames'):.1f}x fewer), off: {med(e, 'frames'):.0f}")
+        print(f"  events on:  {g[0]['events']}\n  events off: {e[0]['events']}")
+        print(f"  same events: {all(x['events'] == e[0]['events'] for x in g + e)}")
+
+
+if __name__ == "__main__":
+    main()
