@@ -83,6 +83,19 @@ fn a_batch_gives_each_frame_what_a_run_on_it_alone_gives() {
 
 #[test]
 fn four_cameras_share_one_model_in_batches_and_a_swap_loses_no_frame() {
+    let (runs, frames_run) = four_cameras_with_a_swap("batch = 4\nsessions = 1\nthreads = 2", 1);
+    assert!(frames_run as f64 >= 1.5 * runs as f64, "frames were batched: {frames_run} frames, {runs} runs");
+}
+
+#[test]
+fn four_cameras_on_side_by_side_sessions_lose_no_frame_to_a_swap() {
+    four_cameras_with_a_swap("sessions = 2\nthreads = 1", 2);
+}
+
+/// Four lossless cameras on one model configured by `model_extra`, a swap
+/// to v2 mid-run: every frame analysed, by v1 then v2 per camera. Returns
+/// the model's runs and the frames they took.
+fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = dir.path().join("ball.mp4");
     let frames_per_clip = 300;
@@ -90,9 +103,10 @@ fn four_cameras_share_one_model_in_batches_and_a_swap_loses_no_frame() {
     let model = batched_ball_model(None);
 
     let broker = Mosquitto::start();
-    let sub = Subscriber::connect(broker.port, "vigil/four/detections");
+    let device = format!("four{sessions}");
+    let sub = Subscriber::connect(broker.port, &format!("vigil/{device}/detections"));
     let mut config = format!(
-        r#"device_id = "four"
+        r#"device_id = "{device}"
 [mqtt]
 url = "{mqtt}"
 [http]
@@ -103,6 +117,7 @@ publish_detections = true
 name = "ball"
 path = "{model}"
 confidence = 0.5
+{model_extra}
 "#,
         mqtt = broker.url(),
         model = model.display()
@@ -155,19 +170,19 @@ confidence = 0.5
     }
     let m = &h["models"][0];
     assert_eq!(m["version"], 2, "{m}");
+    assert_eq!(m["sessions"], sessions, "{m}");
     let (runs, frames_run) =
         (m["runs"].as_u64().expect("runs"), m["frames_run"].as_u64().expect("frames_run"));
     println!(
         "{frames_run} frames in {runs} runs: {:.2} frames per run, swap after {at_swap}",
         frames_run as f64 / runs as f64
     );
-    // Test runs at load (the blank frame, the batch check) count too.
     assert!(frames_run >= 4 * u64::from(frames_per_clip));
-    assert!(frames_run as f64 >= 1.5 * runs as f64, "frames were batched: {frames_run} frames, {runs} runs");
 
     // Per camera the versions go 1 then 2, never back, and both served.
     let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
-    while let Some(bytes) = sub.try_next_on("vigil/four/detections", Duration::from_millis(500)) {
+    while let Some(bytes) = sub.try_next_on(&format!("vigil/{device}/detections"), Duration::from_millis(500))
+    {
         let ev: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
         versions
             .entry(ev["camera"].as_str().expect("camera").to_owned())
@@ -179,4 +194,5 @@ confidence = 0.5
     for (camera, vs) in &versions {
         assert!(vs.windows(2).all(|w| w[0] <= w[1]), "{camera}: a v1 frame after a v2 frame");
     }
+    (runs, frames_run)
 }

@@ -1,6 +1,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,10 @@ pub struct ModelOptions {
     pub overrides: Overrides,
     /// ONNX Runtime intra-op threads (0 = ONNX Runtime's default: one per core).
     pub intra_threads: usize,
+    /// Copies of the session (0 or 1: one). Each copy runs on its own, so
+    /// that many frames can be in `session.run` at once, each with
+    /// `intra_threads` threads.
+    pub sessions: usize,
     pub provider: Provider,
     pub device_id: i32,
     /// Run on CPU, loudly, when the requested provider cannot be registered.
@@ -117,9 +122,9 @@ pub struct Scratch {
     pub run: RunScratch,
 }
 
-/// A loaded model, ready to run. Shared by every camera that uses it (one
-/// copy of the weights); runs are serialised because `ort` sessions take
-/// `&mut self` to run.
+/// A loaded model, ready to run. Shared by every camera that uses it. Runs
+/// on one session are serialised (`ort` sessions take `&mut self` to run);
+/// with several copies (`ModelOptions::sessions`) as many run at once.
 #[derive(Debug)]
 pub struct Detector {
     info: Arc<ModelInfo>,
@@ -132,7 +137,9 @@ pub struct Detector {
     batch_limit: usize,
     /// The input's first dimension is a fixed N > 1: runs are padded to it.
     fixed_batch: Option<usize>,
-    session: Mutex<Session>,
+    /// Copies of the session: runs on different copies go side by side.
+    sessions: Vec<Mutex<Session>>,
+    next_session: AtomicUsize,
 }
 
 fn dtype_name(t: &TensorElementType) -> String {
@@ -162,13 +169,15 @@ fn tensor_info(o: &ort::value::Outlet) -> TensorInfo {
 /// Opens a model file with ONNX Runtime and reads what it says about itself,
 /// plus its manifest and labels.txt. Used by `load` and `vigil models inspect`.
 pub fn read_facts(path: &Path) -> Result<(Vec<u8>, Session, ModelFacts), InferenceError> {
-    read_facts_with(path, &ModelOptions::default()).map(|(b, s, f, _)| (b, s, f))
+    let (bytes, mut sessions, facts, _) = read_facts_with(path, &ModelOptions::default())?;
+    let session = sessions.pop().ok_or_else(|| InferenceError::Run("no session".into()))?;
+    Ok((bytes, session, facts))
 }
 
 fn read_facts_with(
     path: &Path,
     options: &ModelOptions,
-) -> Result<(Vec<u8>, Session, ModelFacts, ProviderStatus), InferenceError> {
+) -> Result<(Vec<u8>, Vec<Session>, ModelFacts, ProviderStatus), InferenceError> {
     let bytes = std::fs::read(path)
         .map_err(|e| InferenceError::ModelUnreadable { path: path.to_owned(), reason: e.to_string() })?;
     if bytes.is_empty() {
@@ -223,8 +232,12 @@ fn read_facts_with(
             return Err(InferenceError::Provider { path: path.to_owned(), reason });
         }
     };
-    let mut builder = builder;
-    let session = builder.commit_from_memory(&bytes).map_err(|e| load_err(e.to_string()))?;
+    let mut sessions = Vec::with_capacity(options.sessions.max(1));
+    for _ in 0..options.sessions.max(1) {
+        let mut b = builder.clone();
+        sessions.push(b.commit_from_memory(&bytes).map_err(|e| load_err(e.to_string()))?);
+    }
+    let session = &sessions[0];
     let mut metadata = BTreeMap::new();
     if let Ok(meta) = session.metadata()
         && let Ok(keys) = meta.custom_keys()
@@ -244,7 +257,7 @@ fn read_facts_with(
         manifest,
         labels_txt: read_labels_txt(path),
     };
-    Ok((bytes, session, facts, provider))
+    Ok((bytes, sessions, facts, provider))
 }
 
 impl Detector {
@@ -252,7 +265,7 @@ impl Detector {
     /// blank frame. Fails with a message that lists what was found when no
     /// decoder fits.
     pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
-        let (bytes, session, facts, provider) = read_facts_with(path, &options)?;
+        let (bytes, sessions, facts, provider) = read_facts_with(path, &options)?;
         let plan = plan(&facts, &options.overrides).map_err(|reason| InferenceError::Unsupported {
             path: path.to_owned(),
             reason: format!("{reason}; found {}", facts.describe()),
@@ -289,7 +302,8 @@ impl Detector {
             class_threshold,
             batch_limit,
             fixed_batch,
-            session: Mutex::new(session),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next_session: AtomicUsize::new(0),
         };
         let blank = vec![0u8; 64 * 48 * 3];
         let view =
@@ -312,6 +326,22 @@ impl Detector {
             }
         }
         Ok(detector)
+    }
+
+    /// A free copy of the session, else the next in turn (waiting for it).
+    fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>, InferenceError> {
+        for s in &self.sessions {
+            if let Ok(guard) = s.try_lock() {
+                return Ok(guard);
+            }
+        }
+        let i = self.next_session.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        self.sessions[i].lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))
+    }
+
+    /// Copies of the session: how many runs can go at once.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The most frames one run takes (see [`Detector::run_prepared`]).
@@ -385,8 +415,7 @@ impl Detector {
             stack(items, rows, plan.input.dtype, &mut scratch.stacked);
             &scratch.stacked
         };
-        let mut session =
-            self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let mut session = self.session()?;
         let name = plan.input.name.as_str();
         let outputs = match plan.input.dtype {
             InputType::Float32 => {
@@ -466,8 +495,7 @@ impl Detector {
             &scratch.run.stacked
         };
         let name = plan.input.name.as_str();
-        let mut session =
-            self.session.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+        let mut session = self.session()?;
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();

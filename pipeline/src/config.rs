@@ -315,9 +315,15 @@ pub struct ModelConfig {
     /// core), since each model runs one batch at a time.
     #[serde(default)]
     pub threads: usize,
+    /// Copies of the model that run side by side, each with `threads`
+    /// threads. Unset: planned (on the CPU, one per camera up to the model's
+    /// share of the cores; one on a GPU).
+    #[serde(default)]
+    pub sessions: Option<usize>,
     /// The most frames, from different cameras, one run takes when the model
     /// accepts a batch (first input dimension dynamic or a fixed N). Unset:
-    /// the number of cameras on the model, at most 8; 1 turns batching off.
+    /// on a GPU the number of cameras on the model (at most 8); on the CPU
+    /// 1, since side-by-side sessions do better there (see README).
     #[serde(default)]
     pub batch: Option<usize>,
     /// How long a batch waits for frames other cameras are preparing, in ms.
@@ -349,6 +355,7 @@ impl ModelConfig {
                 class_confidence: self.class_confidence.clone(),
             },
             intra_threads: self.threads,
+            sessions: self.sessions.unwrap_or(1),
             provider: self.provider,
             device_id: self.device_id,
             allow_cpu_fallback: self.allow_cpu_fallback,
@@ -731,6 +738,9 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if m.max_detections == Some(0) {
             p(format!("{at}.max_detections = 0: must be at least 1"));
+        }
+        if let Some(n) = m.sessions.filter(|n| !(1..=64).contains(n)) {
+            p(format!("{at}.sessions = {n}: must be 1 to 64"));
         }
         if let Some(b) = m.batch.filter(|b| !(1..=64).contains(b)) {
             p(format!("{at}.batch = {b}: must be 1 to 64 (1 turns batching off)"));

@@ -24,10 +24,8 @@
 //! each batch holds frames of one version only, so every frame is run by the
 //! version it was prepared for.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use vigil_inference::{Detector, InferenceError, Prediction, Prepared, RunScratch, Timings};
@@ -73,18 +71,28 @@ pub struct InferenceQueue {
 }
 
 impl InferenceQueue {
-    /// Starts the runner thread for model `name`. It ends when every
+    /// Starts `runners` runner threads for model `name` (one per copy of
+    /// its session: that many runs go at once). They end when every
     /// `Submitter` is gone.
-    pub fn start(name: &str, policy: BatchPolicy) -> (InferenceQueue, JoinHandle<()>) {
+    pub fn start(name: &str, policy: BatchPolicy, runners: usize) -> InferenceQueue {
         let (tx, rx) = mpsc::channel();
+        let rx = Arc::new(Mutex::new(rx));
         let preparing = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(RunnerStats::default());
-        let runner = Runner { rx, preparing: preparing.clone(), stats: stats.clone(), policy, carry: None };
-        let handle = std::thread::Builder::new()
-            .name(format!("run-{name}"))
-            .spawn(move || runner.run())
-            .expect("spawning a model runner thread");
-        (InferenceQueue { tx, preparing, stats }, handle)
+        for i in 0..runners.max(1) {
+            let runner = Runner {
+                rx: rx.clone(),
+                preparing: preparing.clone(),
+                stats: stats.clone(),
+                policy,
+                carry: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("run-{name}-{i}"))
+                .spawn(move || runner.run())
+                .expect("spawning a model runner thread");
+        }
+        InferenceQueue { tx, preparing, stats }
     }
 
     /// A handle for one camera worker.
@@ -170,7 +178,8 @@ impl Drop for Submitter {
 
 #[derive(Debug)]
 struct Runner {
-    rx: mpsc::Receiver<Job>,
+    /// Shared by the model's runners: whichever is free takes the next batch.
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     preparing: Arc<AtomicUsize>,
     stats: Arc<RunnerStats>,
     policy: BatchPolicy,
@@ -184,26 +193,31 @@ impl Runner {
         let mut scratch = RunScratch::default();
         let mut batch: Vec<Job> = Vec::new();
         loop {
-            let first = match self.carry.take() {
-                Some(job) => job,
-                None => match self.rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            };
-            let limit = first.detector.batch_limit().min(self.policy.max_batch).max(1);
-            batch.push(first);
-            self.gather(&mut batch, limit);
+            {
+                // One runner gathers at a time; the others are running.
+                let shared = self.rx.clone();
+                let Ok(rx) = shared.lock() else { return };
+                let first = match self.carry.take() {
+                    Some(job) => job,
+                    None => match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    },
+                };
+                let limit = first.detector.batch_limit().min(self.policy.max_batch).max(1);
+                batch.push(first);
+                self.gather(&rx, &mut batch, limit);
+            }
             self.execute(&mut batch, &mut scratch);
         }
     }
 
     /// Adds queued frames of the same version, and waits (up to the
     /// deadline) for frames that are being prepared right now.
-    fn gather(&mut self, batch: &mut Vec<Job>, limit: usize) {
+    fn gather(&mut self, rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, limit: usize) {
         let deadline = Instant::now() + self.policy.wait;
         while batch.len() < limit {
-            let next = match self.rx.try_recv() {
+            let next = match rx.try_recv() {
                 Ok(job) => job,
                 Err(mpsc::TryRecvError::Disconnected) => return,
                 Err(mpsc::TryRecvError::Empty) => {
@@ -214,7 +228,7 @@ impl Runner {
                     if now >= deadline {
                         return;
                     }
-                    match self.rx.recv_timeout(deadline - now) {
+                    match rx.recv_timeout(deadline - now) {
                         Ok(job) => job,
                         Err(_) => return,
                     }

@@ -5,14 +5,20 @@
 //! to their defaults, N cameras and M models ask for (N + M) x cores threads,
 //! and the scheduler's time slicing then stretches every inference run. The
 //! plan:
-//! - each model runs one batch at a time (its runner thread), so the models
-//!   that cameras use split the cores between them; one model gets them all;
+//! - the models that cameras use split the cores between them; one model
+//!   gets them all;
+//! - on the CPU, a model with several cameras runs as several copies of its
+//!   session side by side, one per camera up to its share of the cores, each
+//!   with share / copies threads: single-threaded runs waste nothing on
+//!   synchronisation (on two cores, two one-thread copies give more frames
+//!   per second than one two-thread copy), at the price of the weights
+//!   held twice and a longer run per frame. GPUs get one copy and batches;
 //! - with several cameras, each decoder gets cores / cameras threads (at
 //!   least one): the cameras decode in parallel with each other already;
 //! - the camera workers only preprocess and track; they wait on the runner
 //!   otherwise, and need no share.
 //!
-//! `models[].threads` overrides a model's share.
+//! `models[].threads` and `models[].sessions` override the plan for a model.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +29,10 @@ use crate::config::Config;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ThreadPlan {
     pub cores: usize,
-    /// ONNX Runtime intra-op threads per model.
+    /// ONNX Runtime intra-op threads per session of each model.
     pub model_threads: BTreeMap<String, usize>,
+    /// Copies of each model's session running side by side.
+    pub model_sessions: BTreeMap<String, usize>,
     /// libav `max-threads` per camera decoder; `None`: the decoder's default
     /// (one per core).
     pub decode_threads: Option<u32>,
@@ -40,22 +48,29 @@ impl ThreadPlan {
             .map(|m| m.name.as_str())
             .collect();
         let share = (cores / used.len().max(1)).max(1);
-        let model_threads = config
-            .models
-            .iter()
-            .map(|m| {
-                let t = match m.threads {
-                    0 if used.contains(&m.name.as_str()) => share,
-                    // A model no camera uses yet (API swaps only): one thread.
-                    0 => 1,
-                    t => t,
-                };
-                (m.name.clone(), t)
-            })
-            .collect();
+        let mut model_threads = BTreeMap::new();
+        let mut model_sessions = BTreeMap::new();
+        for m in &config.models {
+            let cameras = config.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).count();
+            // A model no camera uses yet (API swaps only) gets one thread.
+            let share = if cameras > 0 { share } else { 1 };
+            let cpu = m.provider == vigil_inference::Provider::Cpu;
+            let (threads, sessions) = match (m.threads, m.sessions) {
+                (0, Some(s)) => ((share / s).max(1), s),
+                (t, Some(s)) => (t, s),
+                (0, None) if cpu && cameras > 1 => {
+                    let s = cameras.min(share);
+                    ((share / s).max(1), s)
+                }
+                (0, None) => (share, 1),
+                (t, None) => (t, 1),
+            };
+            model_threads.insert(m.name.clone(), threads);
+            model_sessions.insert(m.name.clone(), sessions);
+        }
         let cameras = config.cameras.len();
         let decode_threads = (cameras > 1).then(|| (cores / cameras).max(1) as u32);
-        ThreadPlan { cores, model_threads, decode_threads }
+        ThreadPlan { cores, model_threads, model_sessions, decode_threads }
     }
 
     /// The cores this process may use (cgroup and affinity limits included).
@@ -83,21 +98,28 @@ mod tests {
     }
 
     #[test]
-    fn one_model_gets_every_core_and_decoders_share_when_cameras_are_many() {
+    fn one_camera_gets_every_core_in_one_session() {
         let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det")]), 8);
-        assert_eq!(p.model_threads["det"], 8);
+        assert_eq!((p.model_threads["det"], p.model_sessions["det"]), (8, 1));
         assert_eq!(p.decode_threads, None);
-
-        let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det"); 4]), 2);
-        assert_eq!(p.model_threads["det"], 2);
-        assert_eq!(p.decode_threads, Some(1));
-
-        let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det"); 4]), 16);
-        assert_eq!(p.decode_threads, Some(4));
     }
 
     #[test]
-    fn models_in_use_split_the_cores_and_an_explicit_count_wins() {
+    fn several_cameras_on_the_cpu_get_side_by_side_sessions_and_share_decoding() {
+        let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det"); 4]), 2);
+        assert_eq!((p.model_threads["det"], p.model_sessions["det"]), (1, 2));
+        assert_eq!(p.decode_threads, Some(1));
+
+        let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det"); 4]), 16);
+        assert_eq!((p.model_threads["det"], p.model_sessions["det"]), (4, 4));
+        assert_eq!(p.decode_threads, Some(4));
+
+        let p = ThreadPlan::new(&config(&[("det", 0)], &[Some("det"); 2]), 8);
+        assert_eq!((p.model_threads["det"], p.model_sessions["det"]), (4, 2));
+    }
+
+    #[test]
+    fn models_in_use_split_the_cores_and_explicit_settings_win() {
         let p = ThreadPlan::new(
             &config(
                 &[("a", 0), ("b", 0), ("spare", 0), ("fixed", 3)],
@@ -105,13 +127,21 @@ mod tests {
             ),
             8,
         );
-        assert_eq!(p.model_threads["a"], 2);
+        assert_eq!((p.model_threads["a"], p.model_sessions["a"]), (2, 1));
         assert_eq!(p.model_threads["b"], 2);
         assert_eq!(p.model_threads["spare"], 1);
-        assert_eq!(p.model_threads["fixed"], 3);
+        assert_eq!((p.model_threads["fixed"], p.model_sessions["fixed"]), (3, 1));
         // Never zero, however many models share few cores.
         let p =
             ThreadPlan::new(&config(&[("a", 0), ("b", 0), ("c", 0)], &[Some("a"), Some("b"), Some("c")]), 2);
         assert!(p.model_threads.values().all(|&t| t == 1));
+    }
+
+    #[test]
+    fn a_gpu_model_runs_one_session_with_batches() {
+        let mut c = config(&[("det", 0)], &[Some("det"); 4]);
+        c.models[0].provider = vigil_inference::Provider::Cuda;
+        let p = ThreadPlan::new(&c, 8);
+        assert_eq!(p.model_sessions["det"], 1);
     }
 }
