@@ -1,5 +1,6 @@
-//! Shared inference: one runner thread per model, fed by every camera that
-//! uses the model.
+//! Shared inference: a queue per model, fed by every camera that uses the
+//! model, served by one runner thread per copy of the model's session (see
+//! `threads.rs`: one copy, or on the CPU one per camera up to the cores).
 //!
 //! ```text
 //!  camera worker ─ prepare (preprocess, in parallel) ─┐
@@ -9,11 +10,12 @@
 //!        └──────────────────── prediction ◀────────────────────────┘
 //! ```
 //!
-//! Fairness comes from the shape of it: a worker submits one frame and waits
-//! for its answer, so each camera has at most one frame queued and the queue
-//! is first come, first served; a fast camera cannot crowd out a slow one.
-//! When frames come faster than the model runs, each camera's frame slot
-//! keeps the newest frame and counts the one it replaced (`frames_dropped`).
+//! Fairness comes from the shape of it: a worker has at most one frame with
+//! the runners (it prepares the next while that one runs, and submits it
+//! only once the answer is in), and the queue is first come, first served; a
+//! fast camera cannot crowd out a slow one. When frames come faster than the
+//! model runs, each camera's frame slot keeps the newest frame and counts
+//! the one it replaced (`frames_dropped_busy`).
 //!
 //! Batching waits only for frames that are on their way: workers say when
 //! they start preparing a frame, and the runner holds a batch open (up to
