@@ -103,6 +103,32 @@ pub struct RuleEvent {
     pub snapshot: bool,
 }
 
+/// Event names and field names of a rule about something staying in a zone.
+struct Linger {
+    start: &'static str,
+    end: &'static str,
+    /// What the zone is called in the events.
+    place: &'static str,
+    /// Seconds in the zone when `start` fires, and when the track leaves.
+    waited: &'static str,
+    stayed: &'static str,
+}
+
+const SAFETY: Linger = Linger {
+    start: "safety.alert",
+    end: "safety.clear",
+    place: "zone",
+    waited: "duration_s",
+    stayed: "duration_s",
+};
+const CURBSIDE: Linger = Linger {
+    start: "curbside.arrival",
+    end: "curbside.departure",
+    place: "bay",
+    waited: "waited_s",
+    stayed: "dwell_s",
+};
+
 fn ev(kind: &'static str, body: Value, snapshot: bool) -> RuleEvent {
     let body = match body {
         Value::Object(m) => m,
@@ -220,7 +246,24 @@ impl RuleState {
     }
 
     fn safety(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
-        let min = self.cfg.min_duration_s.unwrap_or(3.0);
+        self.linger(f, out, self.cfg.min_duration_s.unwrap_or(3.0), &SAFETY);
+    }
+
+    fn curbside(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
+        self.linger(f, out, self.cfg.dwell_s.unwrap_or(5.0), &CURBSIDE);
+    }
+
+    /// A watched object in the zone for `min` seconds: `names.start` once per
+    /// track; when a track that fired leaves (or ends), `names.end`.
+    fn linger(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>, min: f64, names: &Linger) {
+        let body = |rule: &str, place: &Option<String>, t: &Track, key: &str, secs: f64| {
+            let mut m = serde_json::Map::new();
+            m.insert("rule".into(), json!(rule));
+            m.insert(names.place.into(), json!(place));
+            m.insert("track".into(), track_json(t, f.width, f.height));
+            m.insert(key.into(), json!(secs));
+            Value::Object(m)
+        };
         let mut present = Vec::new();
         for t in &f.tracks {
             if self.watched(&t.label) && self.in_zone(&t.bbox, f.width, f.height) {
@@ -228,58 +271,15 @@ impl RuleState {
                 let s = self.per_track.entry(t.id).or_insert(Since { since: f.t, fired: false });
                 if !s.fired && f.t - s.since >= min {
                     s.fired = true;
+                    let waited = f.t - s.since;
                     out.push(ev(
-                        "safety.alert",
-                        json!({ "rule": self.cfg.name, "zone": self.cfg.zone, "track": track_json(t, f.width, f.height), "duration_s": f.t - s.since }),
+                        names.start,
+                        body(&self.cfg.name, &self.cfg.zone, t, names.waited, waited),
                         true,
                     ));
                 }
             }
         }
-        self.release(f, &present, out, |rule, t, since, now, w, h| {
-            ev(
-                "safety.clear",
-                json!({ "rule": rule, "zone": t.1, "track": track_json(t.0, w, h), "duration_s": now - since }),
-                false,
-            )
-        });
-    }
-
-    fn curbside(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
-        let dwell = self.cfg.dwell_s.unwrap_or(5.0);
-        let mut present = Vec::new();
-        for t in &f.tracks {
-            if self.watched(&t.label) && self.in_zone(&t.bbox, f.width, f.height) {
-                present.push(t.id);
-                let s = self.per_track.entry(t.id).or_insert(Since { since: f.t, fired: false });
-                if !s.fired && f.t - s.since >= dwell {
-                    s.fired = true;
-                    out.push(ev(
-                        "curbside.arrival",
-                        json!({ "rule": self.cfg.name, "bay": self.cfg.zone, "track": track_json(t, f.width, f.height), "waited_s": f.t - s.since }),
-                        true,
-                    ));
-                }
-            }
-        }
-        self.release(f, &present, out, |rule, t, since, now, w, h| {
-            ev(
-                "curbside.departure",
-                json!({ "rule": rule, "bay": t.1, "track": track_json(t.0, w, h), "dwell_s": now - since }),
-                false,
-            )
-        });
-    }
-
-    /// Tracks that fired and are no longer present (left, or ended) get their
-    /// closing event; tracks that never fired are simply forgotten.
-    fn release(
-        &mut self,
-        f: &FrameView<'_>,
-        present: &[u64],
-        out: &mut Vec<RuleEvent>,
-        close: impl Fn(&str, (&Track, &Option<String>), f64, f64, f32, f32) -> RuleEvent,
-    ) {
         let gone: Vec<u64> = self.per_track.keys().copied().filter(|id| !present.contains(id)).collect();
         for id in gone {
             let Some(s) = self.per_track.remove(&id) else { continue };
@@ -289,7 +289,8 @@ impl RuleState {
             let track =
                 f.tracks.iter().copied().find(|t| t.id == id).or_else(|| f.ended.iter().find(|t| t.id == id));
             if let Some(t) = track {
-                out.push(close(&self.cfg.name, (t, &self.cfg.zone), s.since, f.t, f.width, f.height));
+                let stayed = f.t - s.since;
+                out.push(ev(names.end, body(&self.cfg.name, &self.cfg.zone, t, names.stayed, stayed), false));
             }
         }
     }
