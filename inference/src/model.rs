@@ -388,7 +388,6 @@ impl Detector {
         items: &[&Prepared],
         scratch: &mut RunScratch,
     ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
-        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
         let plan = &self.info.plan;
         let n = items.len();
         if n == 0 || n > self.batch_limit {
@@ -417,21 +416,7 @@ impl Detector {
         };
         let mut session = self.session()?;
         let name = plan.input.name.as_str();
-        let outputs = match plan.input.dtype {
-            InputType::Float32 => {
-                let t = TensorRef::from_array_view((shape, &input.f32[..])).map_err(run_err)?;
-                session.run(ort::inputs![name => t])
-            }
-            InputType::Float16 => {
-                let t = TensorRef::from_array_view((shape, &input.f16[..])).map_err(run_err)?;
-                session.run(ort::inputs![name => t])
-            }
-            InputType::Uint8 => {
-                let t = TensorRef::from_array_view((shape, &input.u8[..])).map_err(run_err)?;
-                session.run(ort::inputs![name => t])
-            }
-        }
-        .map_err(run_err)?;
+        let outputs = run_session(&mut session, name, plan.input.dtype, shape, input)?;
         let t2 = Instant::now();
 
         let mut whole = Vec::with_capacity(plan.roles.len());
@@ -480,7 +465,6 @@ impl Detector {
         scratch: &mut Scratch,
         n: usize,
     ) -> Result<Vec<Duration>, InferenceError> {
-        let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
         let plan = &self.info.plan;
         self.prepare(img, &mut scratch.prepared);
         let geometry = scratch.prepared.geometry.ok_or_else(|| InferenceError::Run("not prepared".into()))?;
@@ -499,18 +483,7 @@ impl Detector {
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
-            let outputs = match plan.input.dtype {
-                InputType::Float32 => session.run(
-                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.f32[..])).map_err(run_err)?],
-                ),
-                InputType::Float16 => session.run(
-                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.f16[..])).map_err(run_err)?],
-                ),
-                InputType::Uint8 => session.run(
-                    ort::inputs![name => TensorRef::from_array_view((shape, &buf.u8[..])).map_err(run_err)?],
-                ),
-            }
-            .map_err(run_err)?;
+            let outputs = run_session(&mut session, name, plan.input.dtype, shape, buf)?;
             drop(outputs);
             times.push(t.elapsed());
         }
@@ -550,6 +523,26 @@ impl Detector {
             d.bbox = BBox { x1, y1, x2, y2 };
         }
     }
+}
+
+/// One `session.run` on `input` (the vector of its dtype), viewed in place.
+fn run_session<'s>(
+    session: &'s mut Session,
+    name: &str,
+    dtype: InputType,
+    shape: [usize; 4],
+    input: &InputBuffers,
+) -> Result<ort::session::SessionOutputs<'s>, InferenceError> {
+    let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
+    match dtype {
+        InputType::Float32 => session
+            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.f32[..])).map_err(run_err)?]),
+        InputType::Float16 => session
+            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.f16[..])).map_err(run_err)?]),
+        InputType::Uint8 => session
+            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.u8[..])).map_err(run_err)?]),
+    }
+    .map_err(run_err)
 }
 
 /// Copies the frames' tensors one after another into `out`, zero-filling
