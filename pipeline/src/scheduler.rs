@@ -53,8 +53,6 @@ struct Job {
 pub struct Done {
     pub prepared: Prepared,
     pub result: Result<(Prediction, Timings), InferenceError>,
-    /// Frames in the run this one was part of.
-    pub batch: usize,
 }
 
 /// Counters of one model's runner.
@@ -154,20 +152,6 @@ impl Submitter {
     pub fn wait(&self) -> Option<Done> {
         self.answers.recv().ok()
     }
-
-    /// Prepare, submit and wait, in one call.
-    pub fn infer(
-        &self,
-        detector: Arc<Detector>,
-        mut prepared: Prepared,
-        prepare: impl FnOnce(&Detector, &mut Prepared),
-    ) -> Option<Done> {
-        self.prepare(&detector, &mut prepared, true, prepare);
-        if !self.submit(detector, prepared) {
-            return None;
-        }
-        self.wait()
-    }
 }
 
 impl Drop for Submitter {
@@ -257,7 +241,7 @@ impl Runner {
         match result {
             Ok(predictions) => {
                 for (job, r) in batch.drain(..).zip(predictions) {
-                    let _ = job.reply.send(Done { prepared: job.prepared, result: Ok(r), batch: n });
+                    let _ = job.reply.send(Done { prepared: job.prepared, result: Ok(r) });
                 }
             }
             Err(e) => {
@@ -266,7 +250,6 @@ impl Runner {
                     let _ = job.reply.send(Done {
                         prepared: job.prepared,
                         result: Err(InferenceError::Run(message.clone())),
-                        batch: n,
                     });
                 }
             }
