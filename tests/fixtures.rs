@@ -5,13 +5,12 @@ mod support;
 
 use std::process::Command;
 
-use support::repo_root;
+use support::{repo_root, venv_python};
 
 #[test]
 fn the_ball_model_is_rebuilt_byte_for_byte_by_its_script() {
     let root = repo_root();
-    let python = root.join(".deps/venv/bin/python");
-    assert!(python.is_file(), "{} missing: run deploy/bootstrap.sh", python.display());
+    let python = venv_python();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("ball.onnx");
     let status = Command::new(&python)
@@ -31,7 +30,7 @@ fn the_ball_model_is_rebuilt_byte_for_byte_by_its_script() {
 #[test]
 fn the_family_fixtures_are_rebuilt_byte_for_byte_by_their_script() {
     let root = repo_root();
-    let python = root.join(".deps/venv/bin/python");
+    let python = venv_python();
     let dir = tempfile::tempdir().expect("tempdir");
     let status = Command::new(&python)
         .arg(root.join("models/fixtures/make_fixtures.py"))

@@ -18,12 +18,6 @@ use std::process::Command;
 use serde_json::Value;
 use support::*;
 
-fn python() -> PathBuf {
-    let py = repo_root().join(".deps/venv/bin/python");
-    assert!(py.is_file(), "{} missing: run deploy/bootstrap.sh", py.display());
-    py
-}
-
 fn photos() -> Vec<PathBuf> {
     let dir = repo_root().join("tests/data/photos");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -67,7 +61,7 @@ fn vigil_infer(model: &Path, extra: &[&str]) -> Vec<Value> {
 }
 
 fn reference(model: &Path, extra: &[&str]) -> Vec<Value> {
-    let out = Command::new(python())
+    let out = Command::new(venv_python())
         .arg(repo_root().join("tests/reference/reference.py"))
         .arg("--model")
         .arg(model)
@@ -224,26 +218,18 @@ fn the_ball_detector_matches_the_reference() {
 /// `.deps/fixtures`. Its sha256 must be the one Ultralytics' expected outputs
 /// were recorded with.
 fn ultralytics_model(name: &str) -> PathBuf {
-    let root = repo_root();
-    let skeleton = root.join(format!("models/yolo/{name}.skeleton.onnx"));
+    let skeleton = repo_root().join(format!("models/yolo/{name}.skeleton.onnx"));
     let bytes = std::fs::read(&skeleton).expect("skeleton");
     let key: String = sha256_hex(&bytes).chars().take(16).collect();
-    let dir = root.join(".deps/fixtures");
-    std::fs::create_dir_all(&dir).expect("fixtures dir");
-    let out = dir.join(format!("{name}-{key}.onnx"));
-    if !out.is_file() {
-        // Tests run in parallel: build under a unique name, then rename into place.
-        let tmp = dir.join(format!("{name}-{key}.{}.tmp", std::process::id()));
-        let status = Command::new(python())
-            .arg(root.join("models/yolo/refill_weights.py"))
+    cached_fixture(&format!("{name}-{key}.onnx"), |out| {
+        let status = Command::new(venv_python())
+            .arg(repo_root().join("models/yolo/refill_weights.py"))
             .arg(&skeleton)
-            .arg(&tmp)
+            .arg(out)
             .output()
             .expect("refill_weights.py");
         assert!(status.status.success(), "refill {name}: {}", String::from_utf8_lossy(&status.stderr));
-        std::fs::rename(&tmp, &out).expect("rename");
-    }
-    out
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

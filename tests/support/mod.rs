@@ -638,8 +638,7 @@ pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
                 }
             }
         }
-        let jpeg = vigil_pipeline::annotate::encode_jpeg(&rgb, w as u32, h as u32, 90).expect("jpeg");
-        std::fs::write(dir.path().join(format!("{n:05}.jpg")), jpeg).expect("frame");
+        write_jpeg(dir.path(), n, &rgb, w as u32, h as u32);
     };
     while x <= w as f32 + r {
         frame(Some(x), n);
@@ -650,15 +649,7 @@ pub fn make_crossing_clip(path: &Path, fps: u32, step_px: f32, empty: u32) {
         frame(None, n);
         n += 1;
     }
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "multifilesrc"])
-        .arg(format!("location={}/%05d.jpg", dir.path().display()))
-        .arg(format!("caps=image/jpeg,framerate={fps}/1"))
-        .args(["!", "jpegparse", "!", "avimux", "!", "filesink"])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0");
-    assert!(status.success(), "making the clip");
+    mux_jpegs(dir.path(), fps, path);
 }
 
 /// One HTTP request with its response headers (names lower-case):
@@ -759,18 +750,9 @@ pub fn make_scene_clip(path: &Path, fps: u32, centres: &[Option<(f32, f32)>]) {
                 rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(v);
             }
         }
-        let jpeg = vigil_pipeline::annotate::encode_jpeg(&rgb, w as u32, h as u32, 90).expect("jpeg");
-        std::fs::write(dir.path().join(format!("{n:05}.jpg")), jpeg).expect("frame");
+        write_jpeg(dir.path(), n, &rgb, w as u32, h as u32);
     }
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "multifilesrc"])
-        .arg(format!("location={}/%05d.jpg", dir.path().display()))
-        .arg(format!("caps=image/jpeg,framerate={fps}/1"))
-        .args(["!", "jpegparse", "!", "avimux", "!", "filesink"])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0");
-    assert!(status.success(), "making the clip");
+    mux_jpegs(dir.path(), fps, path);
 }
 
 /// The ball model made to take a batch (`models/make_batched.py`): any size,
@@ -784,24 +766,57 @@ pub fn batched_ball_model(fixed: Option<usize>) -> PathBuf {
     h.update(std::fs::read(ball_model()).expect("ball model"));
     h.update(std::fs::read(&script).expect("make_batched.py"));
     let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let dir = root.join(".deps/fixtures");
-    std::fs::create_dir_all(&dir).expect("fixtures dir");
     let tag = fixed.map_or("dyn".to_string(), |n| format!("b{n}"));
-    let out = dir.join(format!("ball-{tag}-{key}.onnx"));
-    if !out.is_file() {
-        // Tests run in parallel: build under a unique name, then rename into place.
-        // (tests of one binary share the process id: the name is a tempfile's)
-        let tmp =
-            tempfile::Builder::new().suffix(".onnx").tempfile_in(&dir).expect("temp file").into_temp_path();
-        let py = root.join(".deps/venv/bin/python");
-        let mut cmd = Command::new(&py);
-        cmd.arg(&script).arg(ball_model()).arg(&tmp);
+    cached_fixture(&format!("ball-{tag}-{key}.onnx"), |out| {
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(&script).arg(ball_model()).arg(out);
         if let Some(n) = fixed {
             cmd.args(["--fixed", &n.to_string()]);
         }
-        let o = cmd.output().expect("make_batched.py (run deploy/bootstrap.sh for the venv)");
+        let o = cmd.output().expect("make_batched.py");
         assert!(o.status.success(), "make_batched.py: {}", String::from_utf8_lossy(&o.stderr));
+    })
+}
+
+/// The project's Python (with onnx, onnxruntime, numpy, OpenCV), made by
+/// deploy/bootstrap.sh.
+pub fn venv_python() -> PathBuf {
+    let py = repo_root().join(".deps/venv/bin/python");
+    assert!(py.is_file(), "{} missing: run deploy/bootstrap.sh", py.display());
+    py
+}
+
+/// `.deps/fixtures/<name>`, made by `build(path)` the first time. Tests run
+/// in parallel (those of one binary in one process): each builds under a
+/// temp file's name and renames it into place.
+pub fn cached_fixture(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let dir = repo_root().join(".deps/fixtures");
+    std::fs::create_dir_all(&dir).expect("fixtures dir");
+    let out = dir.join(name);
+    if !out.is_file() {
+        let tmp =
+            tempfile::Builder::new().suffix(".onnx").tempfile_in(&dir).expect("temp file").into_temp_path();
+        build(&tmp);
         tmp.persist(&out).expect("rename");
     }
     out
+}
+
+/// Frame `n` of a clip being made, as `<dir>/<n:05>.jpg`.
+fn write_jpeg(dir: &Path, n: usize, rgb: &[u8], w: u32, h: u32) {
+    let jpeg = vigil_pipeline::annotate::encode_jpeg(rgb, w, h, 90).expect("jpeg");
+    std::fs::write(dir.join(format!("{n:05}.jpg")), jpeg).expect("frame");
+}
+
+/// `<dir>/%05d.jpg` muxed, as they are, into an MJPEG AVI at `fps`.
+fn mux_jpegs(dir: &Path, fps: u32, path: &Path) {
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "multifilesrc"])
+        .arg(format!("location={}/%05d.jpg", dir.display()))
+        .arg(format!("caps=image/jpeg,framerate={fps}/1"))
+        .args(["!", "jpegparse", "!", "avimux", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success(), "making the clip");
 }
