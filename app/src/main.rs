@@ -102,6 +102,9 @@ enum ModelsCommand {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    vigil_inference::runtime::tune_allocator(
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    );
     let cli = Cli::parse();
     // Benchmarks reconnect on purpose: their own output is the report.
     let default_filter = if matches!(cli.command, Command::BenchCameras(_) | Command::BenchEvents(_)) {

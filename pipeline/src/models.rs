@@ -285,7 +285,12 @@ impl ModelSlot {
                 let (file, name, options) = (file.clone(), self.name.clone(), self.options.clone());
                 let (required, cameras) = (self.required_labels.clone(), self.cameras.clone());
                 tokio::task::spawn_blocking(move || {
-                    check(&name, &file, &options, &required, &cameras, version).map(|d| d.info().clone())
+                    // Validating takes one copy of the session; activation
+                    // loads as many as the slot runs.
+                    let options = ModelOptions { sessions: 1, ..options };
+                    let info = check(&name, &file, &options, &required, &cameras, version).map(|d| d.info().clone());
+                    vigil_inference::runtime::release_free_memory();
+                    info
                 })
                 .await
                 .map_err(|e| ModelError::Internal(e.to_string()))?
@@ -355,6 +360,8 @@ impl ModelSlot {
                     ));
                 }
             }
+            // Building the sessions left graph-optimisation garbage behind.
+            vigil_inference::runtime::release_free_memory();
             Ok(d)
         })
         .await
@@ -364,11 +371,17 @@ impl ModelSlot {
         let old = self.current.swap(Arc::new(detector));
         let switch_ms = t1.elapsed().as_secs_f64() * 1e3;
         let previous_sha = old.info().sha256.clone();
-        *self.previous.lock() = Some(old);
+        let dropped = self.previous.lock().replace(old);
         {
             let mut st = self.state.lock();
             st.previous = Some(active);
             st.active = version;
+        }
+        if dropped.is_some() {
+            // The version before the previous one goes (once its last frames
+            // are done): give its memory back rather than keep it as garbage.
+            drop(dropped);
+            tokio::task::spawn_blocking(vigil_inference::runtime::release_free_memory);
         }
         self.persist();
         tracing::info!(slot = %self.name, version, prepare_ms, switch_ms, "model activated");
