@@ -77,7 +77,7 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, In
 }
 
 /// Whether sessions should allocate from the process-wide CPU arena.
-pub(crate) fn shared_arena() -> bool {
+pub fn shared_arena() -> bool {
     SHARED_ARENA.get().copied().unwrap_or(false)
 }
 

@@ -102,3 +102,47 @@ fn refuses_files_that_are_not_models_with_a_clear_message() {
     let err = Detector::load("m", &missing, options()).expect_err("missing");
     assert!(matches!(err, InferenceError::ModelUnreadable { .. }), "{err}");
 }
+
+/// Session copies allocate from the one CPU arena the process registers
+/// (what keeps a swap from growing a second set of arenas); runs on two
+/// copies at once, from two threads, find what one session alone finds.
+#[test]
+fn session_copies_share_the_arena_and_agree_when_run_at_once() {
+    let single = Detector::load("ball", &ball_model(), options()).expect("load");
+    assert!(
+        vigil_inference::runtime::shared_arena(),
+        "the shared CPU arena was not registered with ONNX Runtime"
+    );
+    let copies = Detector::load("ball", &ball_model(), ModelOptions { sessions: 2, ..options() })
+        .expect("load two copies");
+    assert_eq!(copies.sessions(), 2);
+    let (w, h) = (800usize, 600usize);
+    let images: Vec<Vec<u8>> = (0..4)
+        .map(|i| disk_image(w, h, 0, &[(150.0 + 120.0 * i as f32, 200.0 + 50.0 * i as f32, 30.0)]))
+        .collect();
+    let boxes = |det: &Detector, img: &[u8], scratch: &mut Scratch| {
+        let view = ImageView::new(img, w as u32, h as u32, w * 3).expect("view");
+        let dets = det.detect(&view, scratch).expect("detect").0.detections;
+        dets.iter().map(|d| [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]).collect::<Vec<_>>()
+    };
+    let mut scratch = Scratch::default();
+    let expected: Vec<_> = images.iter().map(|img| boxes(&single, img, &mut scratch)).collect();
+    assert!(expected.iter().all(|b| b.len() == 1), "one ball per image: {expected:?}");
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|t| {
+                let (copies, images, expected, boxes) = (&copies, &images, &expected, &boxes);
+                s.spawn(move || {
+                    let mut scratch = Scratch::default();
+                    for round in 0..10 {
+                        let i = (round + t) % images.len();
+                        assert_eq!(boxes(copies, &images[i], &mut scratch), expected[i], "image {i}");
+                    }
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().expect("runner thread");
+        }
+    });
+}
