@@ -1,14 +1,18 @@
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use gstreamer as gst;
+use gstreamer_video as gst_video;
 use parking_lot::{Condvar, Mutex};
 
-/// One decoded RGB frame (8 bits per channel, packed, rows `stride` bytes apart).
+/// One decoded frame: packed RGB, or YUV 4:2:0 in three planes (I420) as
+/// video decoders produce it.
 ///
 /// Cloning is cheap: the pixels are the GStreamer buffer itself, mapped
-/// read-only and shared, never copied.
+/// read-only and shared, never copied. An I420 frame is preprocessed for the
+/// model from its planes ([`Frame::i420`]); the RGB picture that snapshots
+/// and previews draw on ([`Frame::data`]) is converted on first use only.
 #[derive(Clone)]
 pub struct Frame {
     inner: Arc<FrameInner>,
@@ -25,11 +29,19 @@ struct FrameInner {
     source_latency: Option<Duration>,
     width: u32,
     height: u32,
-    stride: usize,
-    /// Byte offset of the first pixel: non-zero for a cropped view.
-    offset: usize,
+    layout: Layout,
     /// Shared by a frame and its crops: cropping never copies pixels.
     pixels: Arc<Pixels>,
+    /// An I420 frame's RGB picture, made on first use.
+    rgb: OnceLock<(Vec<u8>, usize)>,
+}
+
+/// Where the pixels are in the buffer (byte offsets of the first pixel,
+/// bytes between rows).
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Rgb { offset: usize, stride: usize },
+    I420 { planes: [(usize, usize); 3], matrix: YuvMatrix, full_range: bool },
 }
 
 enum Pixels {
@@ -37,7 +49,39 @@ enum Pixels {
     Owned(Vec<u8>),
 }
 
+impl Pixels {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Pixels::Gst(b) => b.as_slice(),
+            Pixels::Owned(v) => v,
+        }
+    }
+}
+
+/// The YUV -> RGB matrix of the video's colorimetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YuvMatrix {
+    Bt601,
+    Bt709,
+    Bt2020,
+}
+
+/// The planes of an I420 frame: each is (bytes from the first pixel,
+/// bytes between rows); U and V are half the width and height, rounded up.
+#[derive(Debug, Clone, Copy)]
+pub struct I420Planes<'a> {
+    pub y: (&'a [u8], usize),
+    pub u: (&'a [u8], usize),
+    pub v: (&'a [u8], usize),
+    pub matrix: YuvMatrix,
+    /// Luma 0-255 (JPEG) rather than 16-235 (video).
+    pub full_range: bool,
+}
+
 impl Frame {
+    /// A frame over a mapped GStreamer buffer of the format `info` describes
+    /// (RGB or I420; anything else is refused). Plane offsets and strides
+    /// come from the buffer's video meta when it has one, else from `info`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_gst(
         camera: Arc<str>,
@@ -46,12 +90,32 @@ impl Frame {
         captured_instant: Instant,
         pts: Option<Duration>,
         source_latency: Option<Duration>,
-        width: u32,
-        height: u32,
-        stride: usize,
+        info: &gst_video::VideoInfo,
         buffer: gst::MappedBuffer<gst::buffer::Readable>,
-    ) -> Frame {
-        Frame {
+    ) -> Option<Frame> {
+        let (offsets, strides): (Vec<usize>, Vec<usize>) =
+            match buffer.buffer().meta::<gst_video::VideoMeta>() {
+                Some(meta) => (meta.offset().to_vec(), meta.stride().iter().map(|&s| s as usize).collect()),
+                None => (info.offset().to_vec(), info.stride().iter().map(|&s| s as usize).collect()),
+            };
+        let layout = match info.format() {
+            gst_video::VideoFormat::Rgb => Layout::Rgb { offset: offsets[0], stride: strides[0] },
+            gst_video::VideoFormat::I420 if offsets.len() == 3 => {
+                let c = info.colorimetry();
+                let matrix = match c.matrix() {
+                    gst_video::VideoColorMatrix::Bt601 => YuvMatrix::Bt601,
+                    gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+                    _ => YuvMatrix::Bt709,
+                };
+                Layout::I420 {
+                    planes: [(offsets[0], strides[0]), (offsets[1], strides[1]), (offsets[2], strides[2])],
+                    matrix,
+                    full_range: c.range() == gst_video::VideoColorRange::Range0_255,
+                }
+            }
+            _ => return None,
+        };
+        Some(Frame {
             inner: Arc::new(FrameInner {
                 camera,
                 seq,
@@ -59,13 +123,13 @@ impl Frame {
                 captured_instant,
                 pts,
                 source_latency,
-                width,
-                height,
-                stride,
-                offset: 0,
+                width: info.width(),
+                height: info.height(),
+                layout,
                 pixels: Arc::new(Pixels::Gst(buffer)),
+                rgb: OnceLock::new(),
             }),
-        }
+        })
     }
 
     /// A frame from packed RGB bytes, for tools (`vigil infer` on images) and tests.
@@ -81,9 +145,43 @@ impl Frame {
                 source_latency: None,
                 width,
                 height,
-                stride: width as usize * 3,
-                offset: 0,
+                layout: Layout::Rgb { offset: 0, stride: width as usize * 3 },
                 pixels: Arc::new(Pixels::Owned(rgb)),
+                rgb: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A frame from tightly packed I420 bytes (Y, then U, then V; chroma
+    /// planes half size rounded up), for tests and tools.
+    pub fn from_i420(
+        camera: &str,
+        seq: u64,
+        width: u32,
+        height: u32,
+        yuv: Vec<u8>,
+        matrix: YuvMatrix,
+    ) -> Frame {
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        assert_eq!(yuv.len(), w * h + 2 * cw * ch, "packed I420 size");
+        Frame {
+            inner: Arc::new(FrameInner {
+                camera: camera.into(),
+                seq,
+                captured_at: SystemTime::now(),
+                captured_instant: Instant::now(),
+                pts: None,
+                source_latency: None,
+                width,
+                height,
+                layout: Layout::I420 {
+                    planes: [(0, w), (w * h, cw), (w * h + cw * ch, cw)],
+                    matrix,
+                    full_range: false,
+                },
+                pixels: Arc::new(Pixels::Owned(yuv)),
+                rgb: OnceLock::new(),
             }),
         }
     }
@@ -102,9 +200,9 @@ impl Frame {
                 source_latency: None,
                 width: i.width,
                 height: i.height,
-                stride: i.stride,
-                offset: i.offset,
+                layout: i.layout,
                 pixels: i.pixels.clone(),
+                rgb: OnceLock::new(),
             }),
         }
     }
@@ -138,28 +236,72 @@ impl Frame {
     pub fn height(&self) -> u32 {
         self.inner.height
     }
-    /// Bytes between the starts of two rows; can exceed `width * 3`.
+    /// Bytes between the starts of two rows of [`Frame::data`]; can exceed
+    /// `width * 3`.
     pub fn stride(&self) -> usize {
-        self.inner.stride
+        match self.inner.layout {
+            Layout::Rgb { stride, .. } => stride,
+            Layout::I420 { .. } => self.rgb().1,
+        }
     }
-    /// The pixels: `height` rows of `stride` bytes (the last row may end at
-    /// `width * 3`), starting at the frame's first pixel.
+    /// The picture as packed RGB: `height` rows of `stride` bytes (the last
+    /// row may end at `width * 3`), starting at the frame's first pixel. For
+    /// an I420 frame this converts it once (GStreamer's converter) and keeps
+    /// the result with the frame.
     pub fn data(&self) -> &[u8] {
-        let all: &[u8] = match &*self.inner.pixels {
-            Pixels::Gst(b) => b.as_slice(),
-            Pixels::Owned(v) => v,
+        match self.inner.layout {
+            Layout::Rgb { offset, .. } => &self.inner.pixels.bytes()[offset..],
+            Layout::I420 { .. } => &self.rgb().0,
+        }
+    }
+
+    /// The planes, for a frame that is I420; `None` for RGB.
+    pub fn i420(&self) -> Option<I420Planes<'_>> {
+        let Layout::I420 { planes, matrix, full_range } = self.inner.layout else {
+            return None;
         };
-        &all[self.inner.offset..]
+        let bytes = self.inner.pixels.bytes();
+        let plane = |(offset, stride): (usize, usize)| (bytes.get(offset..).unwrap_or_default(), stride);
+        Some(I420Planes { y: plane(planes[0]), u: plane(planes[1]), v: plane(planes[2]), matrix, full_range })
+    }
+
+    fn rgb(&self) -> &(Vec<u8>, usize) {
+        self.inner.rgb.get_or_init(|| {
+            let (w, h) = (self.inner.width as usize, self.inner.height as usize);
+            let mut rgb = vec![0u8; w * h * 3];
+            if let Some(p) = self.i420() {
+                i420_to_rgb(&p, w, h, &mut rgb);
+            }
+            (rgb, w * 3)
+        })
     }
 
     /// A view of the rectangle `x, y, w, h` (pixels, clamped to the frame)
-    /// over the same buffer: no pixel is copied.
+    /// over the same buffer: no pixel is copied. An I420 crop starts on an
+    /// even column and row (chroma covers 2x2 pixels).
     pub fn crop(&self, x: u32, y: u32, w: u32, h: u32) -> Frame {
         let i = &self.inner;
+        let (x, y) = match i.layout {
+            Layout::Rgb { .. } => (x, y),
+            Layout::I420 { .. } => (x & !1, y & !1),
+        };
         let x = x.min(i.width.saturating_sub(1));
         let y = y.min(i.height.saturating_sub(1));
         let w = w.clamp(1, i.width - x);
         let h = h.clamp(1, i.height - y);
+        let (xs, ys) = (x as usize, y as usize);
+        let layout = match i.layout {
+            Layout::Rgb { offset, stride } => Layout::Rgb { offset: offset + ys * stride + xs * 3, stride },
+            Layout::I420 { planes: [(yo, yst), (uo, ust), (vo, vst)], matrix, full_range } => Layout::I420 {
+                planes: [
+                    (yo + ys * yst + xs, yst),
+                    (uo + ys / 2 * ust + xs / 2, ust),
+                    (vo + ys / 2 * vst + xs / 2, vst),
+                ],
+                matrix,
+                full_range,
+            },
+        };
         Frame {
             inner: Arc::new(FrameInner {
                 camera: i.camera.clone(),
@@ -170,10 +312,42 @@ impl Frame {
                 source_latency: i.source_latency,
                 width: w,
                 height: h,
-                stride: i.stride,
-                offset: i.offset + y as usize * i.stride + x as usize * 3,
+                layout,
                 pixels: i.pixels.clone(),
+                rgb: OnceLock::new(),
             }),
+        }
+    }
+}
+
+/// The whole picture to packed RGB, for what draws on frames (previews,
+/// snapshots): rare next to inference, which reads the planes directly.
+/// Chroma is repeated over its 2x2 pixels; integer BT.601/709/2020.
+fn i420_to_rgb(p: &I420Planes<'_>, w: usize, h: usize, rgb: &mut [u8]) {
+    let (kr, kb) = match p.matrix {
+        YuvMatrix::Bt601 => (0.299, 0.114),
+        YuvMatrix::Bt709 => (0.2126, 0.0722),
+        YuvMatrix::Bt2020 => (0.2627, 0.0593),
+    };
+    let kg = 1.0 - kr - kb;
+    let (y0, yk, ck) = if p.full_range { (0, 1.0, 1.0) } else { (16, 255.0 / 219.0, 255.0 / 224.0) };
+    let q = |v: f64| (v * 1024.0).round() as i32;
+    let (yk, rv, gu, gv, bu) = (
+        q(yk),
+        q(2.0 * (1.0 - kr) * ck),
+        q(2.0 * (1.0 - kb) * kb / kg * ck),
+        q(2.0 * (1.0 - kr) * kr / kg * ck),
+        q(2.0 * (1.0 - kb) * ck),
+    );
+    let px = |v: i32| ((v + 512) >> 10).clamp(0, 255) as u8;
+    for row in 0..h {
+        let (ys, us, vs) = (&p.y.0[row * p.y.1..], &p.u.0[row / 2 * p.u.1..], &p.v.0[row / 2 * p.v.1..]);
+        for (x, out) in rgb[row * w * 3..(row + 1) * w * 3].chunks_exact_mut(3).enumerate() {
+            let l = (i32::from(ys[x]) - y0) * yk;
+            let (u, v) = (i32::from(us[x / 2]) - 128, i32::from(vs[x / 2]) - 128);
+            out[0] = px(l + rv * v);
+            out[1] = px(l - gu * u - gv * v);
+            out[2] = px(l + bu * u);
         }
     }
 }
@@ -185,7 +359,7 @@ impl std::fmt::Debug for Frame {
             .field("seq", &self.inner.seq)
             .field("width", &self.inner.width)
             .field("height", &self.inner.height)
-            .field("stride", &self.inner.stride)
+            .field("layout", &self.inner.layout)
             .finish_non_exhaustive()
     }
 }
@@ -350,6 +524,34 @@ mod tests {
         assert_eq!(c.data().as_ptr(), f.data()[12 + 3..].as_ptr(), "same memory");
         let clamped = f.crop(3, 2, 10, 10);
         assert_eq!((clamped.width(), clamped.height()), (1, 1));
+    }
+
+    #[test]
+    fn an_i420_frame_gives_its_planes_crops_them_and_converts_to_rgb_on_demand() {
+        // 6x4: luma (x, y) = 16 + 20 * x + y; chroma (cx, cy): U = 100 + cx, V = 150 + cy.
+        let (w, h) = (6usize, 4usize);
+        let mut yuv: Vec<u8> = (0..h).flat_map(|y| (0..w).map(move |x| (16 + 20 * x + y) as u8)).collect();
+        yuv.extend((0..2).flat_map(|_| (0..3).map(|cx| 100 + cx as u8)));
+        yuv.extend((0..2).flat_map(|cy| (0..3).map(move |_| 150 + cy as u8)));
+        let f = Frame::from_i420("c", 0, w as u32, h as u32, yuv, YuvMatrix::Bt601);
+        let p = f.i420().expect("planes");
+        assert_eq!((p.y.1, p.u.1, p.v.1), (6, 3, 3));
+        assert_eq!((p.y.0[6 + 2], p.u.0[2], p.v.0[3]), (16 + 40 + 1, 102, 151));
+        // A crop starts on even pixels and points into the same planes.
+        let c = f.crop(3, 1, 2, 2);
+        let q = c.i420().expect("planes");
+        assert_eq!((c.width(), c.height()), (2, 2));
+        assert_eq!(q.y.0[0], 16 + 40, "column 2, row 0");
+        assert_eq!((q.u.0[0], q.v.0[0]), (101, 150));
+        assert_eq!(q.y.0.as_ptr(), p.y.0[2..].as_ptr(), "same memory");
+        // RGB on demand: black and white in studio swing, a neutral grey.
+        let grey = Frame::from_i420("c", 0, 2, 2, vec![16, 235, 126, 126, 128, 128], YuvMatrix::Bt709);
+        assert_eq!(grey.stride(), 6);
+        let d = grey.data();
+        assert_eq!(&d[..6], &[0, 0, 0, 255, 255, 255]);
+        assert!(d[6..12].iter().all(|&v| (127..=129).contains(&v)), "{:?}", &d[6..12]);
+        // An RGB frame has no planes.
+        assert!(Frame::from_rgb("c", 0, 1, 1, vec![1, 2, 3]).i420().is_none());
     }
 
     #[test]

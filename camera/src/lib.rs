@@ -6,7 +6,7 @@
 //!        ▼                             │ build pipeline → PLAYING → watch bus      │
 //!  launch string:                      │   error / EOS / no frame for stall_timeout│
 //!  <head> ! videorate ! videoconvert   │   → tear down, back off, rebuild          │
-//!         ! video/x-raw,format=RGB     └───────────────────────────────────────────┘
+//!         ! I420 or RGB                └───────────────────────────────────────────┘
 //!         ! appsink(max-buffers=1, drop)
 //!        │ new-sample (GStreamer streaming thread)
 //!        ▼
@@ -25,7 +25,7 @@ mod source;
 mod supervisor;
 
 pub use error::CameraError;
-pub use frame::{Frame, FrameSlot};
+pub use frame::{Frame, FrameSlot, I420Planes, YuvMatrix};
 pub use reader::FrameReader;
 pub use source::{Source, V4l2Mode, redact};
 pub use supervisor::{

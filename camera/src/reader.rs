@@ -87,18 +87,8 @@ impl FrameReader {
         let mapped = buffer.into_mapped_buffer_readable().map_err(|_| bad("cannot map"))?;
         let seq = self.seq;
         self.seq += 1;
-        Ok(Frame::from_gst(
-            self.name.clone(),
-            seq,
-            SystemTime::now(),
-            Instant::now(),
-            pts,
-            None,
-            info.width(),
-            info.height(),
-            info.stride()[0] as usize,
-            mapped,
-        ))
+        Frame::from_gst(self.name.clone(), seq, SystemTime::now(), Instant::now(), pts, None, &info, mapped)
+            .ok_or_else(|| bad("not RGB"))
     }
 
     /// Frames in the stream, estimated from its duration and frame rate, when

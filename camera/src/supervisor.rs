@@ -384,9 +384,13 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// `<source> ! videorate ! videoflip ! videoscale ! videoconvert ! RGB ! appsink`:
+/// `<source> ! videorate ! videoflip ! videoscale ! videoconvert ! I420|RGB ! appsink`:
 /// the cheap steps first, the per-pixel ones on as few frames and pixels as
 /// possible; the appsink keeps one buffer and drops the rest (newest wins).
+/// Decoders give I420, which passes through untouched and is preprocessed
+/// for the model from its planes: no whole-frame RGB conversion (measured 2 %
+/// of the CPU with four 720p cameras) and half the memory per held frame.
+/// Sources that make RGB keep it.
 pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String {
     let mut tail = String::new();
     if let Some(fps) = options.fps {
@@ -425,7 +429,7 @@ pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String 
     // blocks instead of dropping (and so does the frame slot, see run_pipeline).
     let drop = !source.is_file() || options.realtime;
     format!(
-        "{head}{tail} ! videoconvert ! video/x-raw,format=RGB ! appsink name=vigil_sink max-buffers=1 drop={drop} sync={sync} emit-signals=false",
+        "{head}{tail} ! videoconvert ! video/x-raw,format={{I420,RGB}} ! appsink name=vigil_sink max-buffers=1 drop={drop} sync={sync} emit-signals=false",
         head = source.launch_head(options),
     )
 }
@@ -531,18 +535,19 @@ fn run_pipeline(
                         }
                         _ => SystemTime::now(),
                     };
-                    let frame = Frame::from_gst(
+                    let Some(frame) = Frame::from_gst(
                         name.clone(),
                         next_seq.fetch_add(1, Ordering::Relaxed),
                         captured_at,
                         now,
                         pts,
                         source_latency,
-                        info.width(),
-                        info.height(),
-                        info.stride()[0] as usize,
+                        &info,
                         mapped,
-                    );
+                    ) else {
+                        // The caps ask for I420 or RGB; anything else is a bug.
+                        return Err(gst::FlowError::NotNegotiated);
+                    };
                     // The region of interest is a view into the same buffer.
                     let frame = match crop {
                         Some([x, y, w, h]) => {

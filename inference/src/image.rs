@@ -21,10 +21,98 @@ impl<'a> ImageView<'a> {
             stride,
         })
     }
+}
 
-    #[inline]
-    pub(crate) fn row(&self, y: usize) -> &'a [u8] {
-        let start = y * self.stride;
-        &self.data[start..start + self.width as usize * 3]
+/// The YUV -> RGB matrix of a video's colorimetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YuvMatrix {
+    Bt601,
+    Bt709,
+    Bt2020,
+}
+
+/// A borrowed 8-bit YUV 4:2:0 image in three planes (I420: Y at full size,
+/// U and V at half width and height, rounded up), as video decoders produce
+/// it. Preprocessing straight from it skips converting whole frames to RGB:
+/// the planes are resized first and only the model's pixels are converted.
+#[derive(Debug, Clone, Copy)]
+pub struct I420View<'a> {
+    pub y: &'a [u8],
+    pub u: &'a [u8],
+    pub v: &'a [u8],
+    pub y_stride: usize,
+    pub u_stride: usize,
+    pub v_stride: usize,
+    pub width: u32,
+    pub height: u32,
+    pub matrix: YuvMatrix,
+    /// Luma 0-255 (JPEG) rather than 16-235 (video).
+    pub full_range: bool,
+}
+
+impl<'a> I420View<'a> {
+    /// Checks that each plane holds its rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        (y, y_stride): (&'a [u8], usize),
+        (u, u_stride): (&'a [u8], usize),
+        (v, v_stride): (&'a [u8], usize),
+        width: u32,
+        height: u32,
+        matrix: YuvMatrix,
+        full_range: bool,
+    ) -> Option<I420View<'a>> {
+        let fits = |data: &[u8], stride: usize, w: usize, h: usize| {
+            w > 0 && h > 0 && stride >= w && data.len() >= stride * (h - 1) + w
+        };
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        (fits(y, y_stride, w, h) && fits(u, u_stride, cw, ch) && fits(v, v_stride, cw, ch))
+            .then_some(I420View { y, u, v, y_stride, u_stride, v_stride, width, height, matrix, full_range })
+    }
+}
+
+/// Fixed-point YUV -> RGB (16 fractional bits), for one matrix and range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct YuvToRgb {
+    y_offset: i32,
+    y_gain: i32,
+    r_v: i32,
+    g_u: i32,
+    g_v: i32,
+    b_u: i32,
+}
+
+impl YuvToRgb {
+    pub(crate) fn new(matrix: YuvMatrix, full_range: bool) -> YuvToRgb {
+        let (kr, kb) = match matrix {
+            YuvMatrix::Bt601 => (0.299, 0.114),
+            YuvMatrix::Bt709 => (0.2126, 0.0722),
+            YuvMatrix::Bt2020 => (0.2627, 0.0593),
+        };
+        let kg = 1.0 - kr - kb;
+        let (y_offset, y_gain, c_gain) =
+            if full_range { (0, 1.0, 1.0) } else { (16, 255.0 / 219.0, 255.0 / 224.0) };
+        let fixed = |v: f64| (v * 65536.0).round() as i32;
+        YuvToRgb {
+            y_offset,
+            y_gain: fixed(y_gain),
+            r_v: fixed(2.0 * (1.0 - kr) * c_gain),
+            g_u: fixed(2.0 * (1.0 - kb) * kb / kg * c_gain),
+            g_v: fixed(2.0 * (1.0 - kr) * kr / kg * c_gain),
+            b_u: fixed(2.0 * (1.0 - kb) * c_gain),
+        }
+    }
+
+    /// Converts rows of Y, U and V samples (one each per pixel) into packed RGB.
+    pub(crate) fn row(&self, y: &[u8], u: &[u8], v: &[u8], rgb: &mut [u8]) {
+        let clamp = |x: i32| ((x + 32768) >> 16).clamp(0, 255) as u8;
+        for (((o, &y), &u), &v) in rgb.chunks_exact_mut(3).zip(y).zip(u).zip(v) {
+            let l = (i32::from(y) - self.y_offset) * self.y_gain;
+            let (u, v) = (i32::from(u) - 128, i32::from(v) - 128);
+            o[0] = clamp(l + self.r_v * v);
+            o[1] = clamp(l - self.g_u * u - self.g_v * v);
+            o[2] = clamp(l + self.b_u * u);
+        }
     }
 }

@@ -75,7 +75,7 @@ pub(crate) struct ResizeScratch {
     rows: [Vec<i32>; 2],
     row_ids: [Option<usize>; 2],
     out_row: Vec<u8>,
-    plan: Option<(u32, u32, usize, usize)>,
+    plan: Option<(u32, u32, usize, usize, usize)>,
     /// Every horizontal weight pair is (2048, 0): columns are pure picks.
     x_is_pick: bool,
 }
@@ -96,6 +96,37 @@ pub(crate) fn resize_rows(
     dst_w: usize,
     dst_h: usize,
     scratch: &mut ResizeScratch,
+    emit: impl FnMut(usize, &[u8]),
+) {
+    let plane = Plane { data: src.data, width: src.width, height: src.height, stride: src.stride };
+    resize_plane_rows::<3>(&plane, dst_w, dst_h, scratch, emit);
+}
+
+/// An 8-bit image of `C` interleaved channels: packed RGB (C = 3) or one
+/// plane of a YUV frame (C = 1). Rows start `stride` bytes apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plane<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) stride: usize,
+}
+
+impl<'a> Plane<'a> {
+    #[inline]
+    fn row<const C: usize>(&self, y: usize) -> &'a [u8] {
+        let start = y * self.stride;
+        &self.data[start..start + self.width as usize * C]
+    }
+}
+
+/// [`resize_rows`] for any channel count: the same OpenCV arithmetic,
+/// channel by channel.
+pub(crate) fn resize_plane_rows<const C: usize>(
+    src: &Plane<'_>,
+    dst_w: usize,
+    dst_h: usize,
+    scratch: &mut ResizeScratch,
     mut emit: impl FnMut(usize, &[u8]),
 ) {
     let (sw, sh) = (src.width as usize, src.height as usize);
@@ -104,28 +135,28 @@ pub(crate) fn resize_rows(
     }
     if sw == dst_w && sh == dst_h {
         for y in 0..sh {
-            emit(y, src.row(y));
+            emit(y, src.row::<C>(y));
         }
         return;
     }
-    scratch.out_row.resize(dst_w * 3, 0);
+    scratch.out_row.resize(dst_w * C, 0);
     if sw == 2 * dst_w && sh == 2 * dst_h {
         // cv::resize turns an exact 2x INTER_LINEAR downscale into INTER_AREA.
         for y in 0..dst_h {
-            let (r0, r1) = (src.row(2 * y), src.row(2 * y + 1));
+            let (r0, r1) = (src.row::<C>(2 * y), src.row::<C>(2 * y + 1));
             for x in 0..dst_w {
-                for c in 0..3 {
-                    let i = 6 * x + c;
+                for c in 0..C {
+                    let i = 2 * C * x + c;
                     let sum =
-                        u32::from(r0[i]) + u32::from(r0[i + 3]) + u32::from(r1[i]) + u32::from(r1[i + 3]);
-                    scratch.out_row[3 * x + c] = ((sum + 2) >> 2) as u8;
+                        u32::from(r0[i]) + u32::from(r0[i + C]) + u32::from(r1[i]) + u32::from(r1[i + C]);
+                    scratch.out_row[C * x + c] = ((sum + 2) >> 2) as u8;
                 }
             }
             emit(y, &scratch.out_row);
         }
         return;
     }
-    plan_horizontal(scratch, src.width, src.height, dst_w, dst_h);
+    plan_horizontal::<C>(scratch, src.width, src.height, dst_w, dst_h);
     scratch.row_ids = [None, None];
     let scale_y = sh as f64 / dst_h as f64;
     if scratch.x_is_pick && (0..dst_h).all(|dy| vertical_coefs(dy, scale_y).1 == [COEF_SCALE as i32, 0]) {
@@ -135,12 +166,9 @@ pub(crate) fn resize_rows(
         // so picking the pixel is the same result without the integer passes.
         for dy in 0..dst_h {
             let (sy, _) = vertical_coefs(dy, scale_y);
-            let row = src.row(sy.clamp(0, sh as isize - 1) as usize);
-            for (o, &sx) in scratch.out_row.chunks_exact_mut(3).zip(&scratch.xofs) {
-                let p = &row[sx * 3..sx * 3 + 3];
-                o[0] = p[0];
-                o[1] = p[1];
-                o[2] = p[2];
+            let row = src.row::<C>(sy.clamp(0, sh as isize - 1) as usize);
+            for (o, &sx) in scratch.out_row.chunks_exact_mut(C).zip(&scratch.xofs) {
+                o.copy_from_slice(&row[sx * C..sx * C + C]);
             }
             emit(dy, &scratch.out_row);
         }
@@ -150,7 +178,7 @@ pub(crate) fn resize_rows(
         let (sy, [b0, b1]) = vertical_coefs(dy, scale_y);
         let r0 = sy.clamp(0, sh as isize - 1) as usize;
         let r1 = (sy + 1).clamp(0, sh as isize - 1) as usize;
-        let (i0, i1) = horizontal_rows(scratch, src, r0, r1);
+        let (i0, i1) = horizontal_rows::<C>(scratch, src, r0, r1);
         let (s0, s1) = (&scratch.rows[i0], &scratch.rows[i1]);
         let out = &mut scratch.out_row;
         for ((o, &a), &b) in out.iter_mut().zip(s0.iter()).zip(s1.iter()) {
@@ -179,8 +207,14 @@ fn round_coef(v: f32) -> i32 {
     (v * COEF_SCALE).round_ties_even() as i32
 }
 
-fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, dst_h: usize) {
-    let key = (src_w, src_h, dst_w, dst_h);
+fn plan_horizontal<const C: usize>(
+    s: &mut ResizeScratch,
+    src_w: u32,
+    src_h: u32,
+    dst_w: usize,
+    dst_h: usize,
+) {
+    let key = (src_w, src_h, dst_w, dst_h, C);
     if s.plan == Some(key) {
         return;
     }
@@ -204,7 +238,7 @@ fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, 
         s.alpha.push([round_coef(1.0 - fx), round_coef(fx)]);
     }
     for r in &mut s.rows {
-        r.resize(dst_w * 3, 0);
+        r.resize(dst_w * C, 0);
     }
     s.x_is_pick = s.alpha.iter().all(|a| *a == [COEF_SCALE as i32, 0]);
     s.plan = Some(key);
@@ -213,7 +247,12 @@ fn plan_horizontal(s: &mut ResizeScratch, src_w: u32, src_h: u32, dst_w: usize, 
 /// Makes sure the horizontally resized source rows `r0` and `r1` are in the
 /// two-row cache (each source row serves about two output rows) and returns
 /// their cache indices.
-fn horizontal_rows(s: &mut ResizeScratch, src: &ImageView<'_>, r0: usize, r1: usize) -> (usize, usize) {
+fn horizontal_rows<const C: usize>(
+    s: &mut ResizeScratch,
+    src: &Plane<'_>,
+    r0: usize,
+    r1: usize,
+) -> (usize, usize) {
     let find = |s: &mut ResizeScratch, r: usize, avoid: Option<usize>| -> usize {
         if let Some(i) = s.row_ids.iter().position(|&id| id == Some(r)) {
             return i;
@@ -222,7 +261,7 @@ fn horizontal_rows(s: &mut ResizeScratch, src: &ImageView<'_>, r0: usize, r1: us
             Some(a) => 1 - a,
             None => usize::from(s.row_ids[0].is_some() && s.row_ids[1].is_none()),
         };
-        hresize(src.row(r), &s.xofs, &s.alpha, &mut s.rows[i]);
+        hresize::<C>(src.row::<C>(r), &s.xofs, &s.alpha, &mut s.rows[i]);
         s.row_ids[i] = Some(r);
         i
     };
@@ -231,24 +270,24 @@ fn horizontal_rows(s: &mut ResizeScratch, src: &ImageView<'_>, r0: usize, r1: us
     (i0, i1)
 }
 
-/// Horizontal pass for one source row: `out[dx*3 + c] = S[sx*3 + c] * a0 + S[sx*3 + 3 + c] * a1`.
+/// Horizontal pass for one source row: `out[dx*C + c] = S[sx*C + c] * a0 + S[sx*C + C + c] * a1`.
 /// Output columns whose left neighbour is the last source pixel take it with
 /// weight 1 (OpenCV's `xmax` split), so the main loop has no branch.
-fn hresize(row: &[u8], xofs: &[usize], alpha: &[[i32; 2]], out: &mut [i32]) {
-    let last = row.len() / 3 - 1;
+fn hresize<const C: usize>(row: &[u8], xofs: &[usize], alpha: &[[i32; 2]], out: &mut [i32]) {
+    let last = row.len() / C - 1;
     // xofs is non-decreasing: every column from `split` on sits on the last pixel.
     let split = xofs.partition_point(|&sx| sx < last);
-    for ((o, &sx), a) in out.chunks_exact_mut(3).zip(&xofs[..split]).zip(&alpha[..split]) {
-        let p = &row[sx * 3..sx * 3 + 6];
-        o[0] = i32::from(p[0]) * a[0] + i32::from(p[3]) * a[1];
-        o[1] = i32::from(p[1]) * a[0] + i32::from(p[4]) * a[1];
-        o[2] = i32::from(p[2]) * a[0] + i32::from(p[5]) * a[1];
+    for ((o, &sx), a) in out.chunks_exact_mut(C).zip(&xofs[..split]).zip(&alpha[..split]) {
+        let p = &row[sx * C..sx * C + 2 * C];
+        for c in 0..C {
+            o[c] = i32::from(p[c]) * a[0] + i32::from(p[C + c]) * a[1];
+        }
     }
-    let p = &row[last * 3..last * 3 + 3];
-    for o in out[split * 3..].chunks_exact_mut(3) {
-        o[0] = i32::from(p[0]) * COEF_SCALE as i32;
-        o[1] = i32::from(p[1]) * COEF_SCALE as i32;
-        o[2] = i32::from(p[2]) * COEF_SCALE as i32;
+    let p = &row[last * C..last * C + C];
+    for o in out[split * C..].chunks_exact_mut(C) {
+        for c in 0..C {
+            o[c] = i32::from(p[c]) * COEF_SCALE as i32;
+        }
     }
 }
 

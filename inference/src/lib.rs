@@ -33,7 +33,7 @@ pub mod runtime;
 
 pub use decode::DecoderKind;
 pub use error::InferenceError;
-pub use image::ImageView;
+pub use image::{I420View, ImageView, YuvMatrix};
 pub use letterbox::{Letterbox, resize_bilinear_cv};
 pub use manifest::{ColorOrder, Layout, Manifest, PixelScale, ResizeMode, manifest_path};
 pub use meta::parse_python_names;

@@ -15,7 +15,7 @@ use crate::manifest::{read_labels_txt, read_manifest};
 use crate::plan::{ModelFacts, ModelPlan, Overrides, TensorInfo, plan};
 use crate::preprocess::{Geometry, InputBuffers, InputType};
 use crate::provider::{Provider, ProviderStatus, register};
-use crate::{BBox, DecoderKind, Detection, ImageView, InferenceError, nms, runtime};
+use crate::{BBox, DecoderKind, Detection, I420View, ImageView, InferenceError, nms, runtime};
 
 /// How to load a model: config overrides, threads and provider.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +105,13 @@ pub struct Prepared {
     input: InputBuffers,
     geometry: Option<Geometry>,
     preprocess: Duration,
+}
+
+impl Prepared {
+    /// How long the last preparation took.
+    pub fn preprocess_time(&self) -> Duration {
+        self.preprocess
+    }
 }
 
 /// What whoever runs the model reuses between runs: the stacked input of a
@@ -378,6 +385,14 @@ impl Detector {
     pub fn prepare(&self, img: &ImageView<'_>, p: &mut Prepared) {
         let t0 = Instant::now();
         p.geometry = Some(self.info.plan.input.fill(img, &mut p.input));
+        p.preprocess = t0.elapsed();
+    }
+
+    /// [`Detector::prepare`] from a YUV 4:2:0 frame, as decoders give it:
+    /// no RGB copy of the frame is made.
+    pub fn prepare_i420(&self, img: &I420View<'_>, p: &mut Prepared) {
+        let t0 = Instant::now();
+        p.geometry = Some(self.info.plan.input.fill_i420(img, &mut p.input));
         p.preprocess = t0.elapsed();
     }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vigil_camera::{Camera, Frame, FrameSlot};
-use vigil_inference::{ImageView, ModelInfo, Prediction, Prepared, runtime};
+use vigil_inference::{Detector, I420View, ImageView, ModelInfo, Prediction, Prepared, YuvMatrix, runtime};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
@@ -1104,8 +1104,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                     }
                     continue;
                 };
-                let Some(view) = ImageView::new(frame.data(), frame.width(), frame.height(), frame.stride())
-                else {
+                let Some(view) = ModelImage::of(&frame) else {
                     w.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         width = frame.width(),
@@ -1145,7 +1144,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 let mut prepared = spare.pop().unwrap_or_default();
                 // Only a worker with nothing queued counts as "on its way":
                 // the runner may hold a batch open for it.
-                submitter.prepare(&detector, &mut prepared, in_flight.is_none(), |d, p| d.prepare(&view, p));
+                submitter.prepare(&detector, &mut prepared, in_flight.is_none(), |d, p| view.prepare(d, p));
                 // One frame per camera with the runner: the previous answer
                 // first (this keeps frames in order and cameras fair).
                 if let Some(job) = in_flight.take()
@@ -1248,4 +1247,37 @@ fn send_all(tx: &mpsc::Sender<Emitted>, events: Vec<Emitted>) -> Result<(), ()> 
         tx.blocking_send(e).map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// A frame as the model's preprocessing reads it: the decoder's planes when
+/// the frame is I420 (no RGB copy is made), else packed RGB.
+enum ModelImage<'a> {
+    I420(I420View<'a>),
+    Rgb(ImageView<'a>),
+}
+
+impl<'a> ModelImage<'a> {
+    /// `None` when the buffer is smaller than the frame's size says.
+    fn of(frame: &'a Frame) -> Option<ModelImage<'a>> {
+        match frame.i420() {
+            Some(p) => {
+                let matrix = match p.matrix {
+                    vigil_camera::YuvMatrix::Bt601 => YuvMatrix::Bt601,
+                    vigil_camera::YuvMatrix::Bt709 => YuvMatrix::Bt709,
+                    vigil_camera::YuvMatrix::Bt2020 => YuvMatrix::Bt2020,
+                };
+                I420View::new(p.y, p.u, p.v, frame.width(), frame.height(), matrix, p.full_range)
+                    .map(ModelImage::I420)
+            }
+            None => ImageView::new(frame.data(), frame.width(), frame.height(), frame.stride())
+                .map(ModelImage::Rgb),
+        }
+    }
+
+    fn prepare(&self, detector: &Detector, prepared: &mut Prepared) {
+        match self {
+            ModelImage::I420(v) => detector.prepare_i420(v, prepared),
+            ModelImage::Rgb(v) => detector.prepare(v, prepared),
+        }
+    }
 }

@@ -107,6 +107,18 @@ impl MotionDetector {
     /// frame into the background. The first frame (and a frame of a new
     /// size) only sets the background and counts as full motion.
     pub fn measure(&mut self, rgb: &[u8], width: u32, height: u32, stride: usize, threshold: u8) -> Motion {
+        self.measure_picture(Picture::Rgb { data: rgb, stride }, width, height, threshold)
+    }
+
+    /// [`MotionDetector::measure`] on a frame as it comes: packed RGB, or the
+    /// luma plane of a YUV frame (read as is: no conversion at all).
+    pub fn measure_picture(
+        &mut self,
+        picture: Picture<'_>,
+        width: u32,
+        height: u32,
+        threshold: u8,
+    ) -> Motion {
         if width == 0 || height == 0 {
             return Motion { changed: 0.0, region: None };
         }
@@ -119,7 +131,7 @@ impl MotionDetector {
             self.background = vec![0; n];
             self.gray = vec![0; n];
         }
-        self.sample(rgb, width, height, stride);
+        self.sample(picture, width, height);
         if fresh {
             for (b, &g) in self.background.iter_mut().zip(&self.gray) {
                 *b = u16::from(g) << BG_SHIFT;
@@ -156,23 +168,40 @@ impl MotionDetector {
 
     /// Fills `gray` with the frame's luma at each grid cell: the mean of a
     /// 2x2 block at the cell's centre (enough to calm sensor noise).
-    fn sample(&mut self, rgb: &[u8], width: u32, height: u32, stride: usize) {
+    fn sample(&mut self, picture: Picture<'_>, width: u32, height: u32) {
         let (gw, gh) = (self.grid_w as usize, self.grid_h as usize);
         let (w, h) = (width as usize, height as usize);
+        let (data, stride, bpp) = match picture {
+            Picture::Rgb { data, stride } => (data, stride, 3),
+            Picture::Luma { data, stride } => (data, stride, 1),
+        };
         let luma = |o: usize| -> u32 {
-            rgb.get(o..o + 3)
-                .map_or(0, |p| (77 * u32::from(p[0]) + 150 * u32::from(p[1]) + 29 * u32::from(p[2])) >> 8)
+            match bpp {
+                1 => data.get(o).map_or(0, |&v| u32::from(v)),
+                _ => data.get(o..o + 3).map_or(0, |p| {
+                    (77 * u32::from(p[0]) + 150 * u32::from(p[1]) + 29 * u32::from(p[2])) >> 8
+                }),
+            }
         };
         for gy in 0..gh {
             let y = ((2 * gy + 1) * h / (2 * gh)).min(h.saturating_sub(2));
             for gx in 0..gw {
                 let x = ((2 * gx + 1) * w / (2 * gw)).min(w.saturating_sub(2));
-                let o = y * stride + x * 3;
-                let s = luma(o) + luma(o + 3) + luma(o + stride) + luma(o + stride + 3);
+                let o = y * stride + x * bpp;
+                let s = luma(o) + luma(o + bpp) + luma(o + stride) + luma(o + stride + bpp);
                 self.gray[gy * gw + gx] = (s / 4) as u8;
             }
         }
     }
+}
+
+/// The pixels motion is measured on.
+#[derive(Debug, Clone, Copy)]
+pub enum Picture<'a> {
+    /// Packed RGB, `stride` bytes a row.
+    Rgb { data: &'a [u8], stride: usize },
+    /// One byte of luma per pixel (a YUV frame's Y plane).
+    Luma { data: &'a [u8], stride: usize },
 }
 
 /// Why a frame was or was not inferred.
@@ -207,13 +236,12 @@ impl MotionGate {
         tracking: bool,
         forced: bool,
     ) -> (Decision, Motion) {
-        let motion = self.detector.measure(
-            frame.data(),
-            frame.width(),
-            frame.height(),
-            frame.stride(),
-            self.config.threshold,
-        );
+        let picture = match frame.i420() {
+            Some(p) => Picture::Luma { data: p.y.0, stride: p.y.1 },
+            None => Picture::Rgb { data: frame.data(), stride: frame.stride() },
+        };
+        let motion =
+            self.detector.measure_picture(picture, frame.width(), frame.height(), self.config.threshold);
         let now = frame.captured_at();
         let since = self
             .last_inference
