@@ -108,6 +108,15 @@ pub(crate) struct Resizers {
     rgb_row: Vec<u8>,
 }
 
+/// Where a YUV plane's rows come from during one fill.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    /// The frame's own plane; output row y reads source row y >> shift.
+    Source { shift: usize },
+    /// The plane resized to the model's size, in `Resizers::resized`.
+    Resized,
+}
+
 /// Everything that decides the padding's values and place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PadKey {
@@ -163,19 +172,48 @@ impl InputPlan {
                 Plane { data: img.u, width: cw, height: ch, stride: img.u_stride },
                 Plane { data: img.v, width: cw, height: ch, stride: img.v_stride },
             ];
-            for ((plane, scratch), out) in planes.iter().zip(&mut r.planes).zip(&mut r.resized) {
-                out.resize(new_w * new_h, 0);
-                resize_plane_rows::<1>(plane, new_w, new_h, scratch, |y, row| {
-                    out[y * new_w..(y + 1) * new_w].copy_from_slice(row);
-                });
+            // How each plane's row for output row y is found: the source row
+            // itself when the plane is already at the model's size (or, for
+            // chroma, exactly half of it: each sample then covers its 2x2
+            // pixels, as the decoder meant), else a resized copy.
+            let mut how = [Rows::Resized; 3];
+            for (i, ((plane, scratch), out)) in
+                planes.iter().zip(&mut r.planes).zip(&mut r.resized).enumerate()
+            {
+                let (pw, ph) = (plane.width as usize, plane.height as usize);
+                if (pw, ph) == (new_w, new_h) {
+                    how[i] = Rows::Source { shift: 0 };
+                } else if i > 0 && (2 * pw, 2 * ph) == (new_w, new_h) {
+                    how[i] = Rows::Source { shift: 1 };
+                } else {
+                    out.resize(new_w * new_h, 0);
+                    resize_plane_rows::<1>(plane, new_w, new_h, scratch, |y, row| {
+                        out[y * new_w..(y + 1) * new_w].copy_from_slice(row);
+                    });
+                }
             }
-            r.rgb_row.resize(new_w * 3, 0);
-            let [ys, us, vs] = &r.resized;
+            let row = |i: usize, y: usize| -> &[u8] {
+                match how[i] {
+                    Rows::Source { shift } => {
+                        let p = &planes[i];
+                        let start = (y >> shift) * p.stride;
+                        &p.data[start..start + p.width as usize]
+                    }
+                    Rows::Resized => &r.resized[i][y * new_w..(y + 1) * new_w],
+                }
+            };
+            let half_chroma = matches!(how[1], Rows::Source { shift: 1 });
+            let mut rgb_row = std::mem::take(&mut r.rgb_row);
+            rgb_row.resize(new_w * 3, 0);
             for y in 0..new_h {
-                let span = y * new_w..(y + 1) * new_w;
-                convert.row(&ys[span.clone()], &us[span.clone()], &vs[span], &mut r.rgb_row);
-                emit(y, &r.rgb_row);
+                if half_chroma {
+                    convert.row::<1>(row(0, y), row(1, y), row(2, y), &mut rgb_row);
+                } else {
+                    convert.row::<0>(row(0, y), row(1, y), row(2, y), &mut rgb_row);
+                }
+                emit(y, &rgb_row);
             }
+            r.rgb_row = rgb_row;
         })
     }
 
@@ -522,7 +560,7 @@ mod tests {
         let limited = YuvToRgb::new(crate::YuvMatrix::Bt601, false);
         let mut rgb = [0u8; 12];
         // Black, white, BT.601 red and blue (studio swing).
-        limited.row(&[16, 235, 81, 41], &[128, 128, 90, 240], &[128, 128, 240, 110], &mut rgb);
+        limited.row::<0>(&[16, 235, 81, 41], &[128, 128, 90, 240], &[128, 128, 240, 110], &mut rgb);
         let want = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255]];
         for (got, want) in rgb.chunks(3).zip(want) {
             for c in 0..3 {
@@ -530,7 +568,7 @@ mod tests {
             }
         }
         let full = YuvToRgb::new(crate::YuvMatrix::Bt709, true);
-        full.row(&[0, 255, 128], &[128, 128, 128], &[128, 128, 128], &mut rgb[..9]);
+        full.row::<0>(&[0, 255, 128], &[128, 128, 128], &[128, 128, 128], &mut rgb[..9]);
         assert_eq!(&rgb[..9], &[0, 0, 0, 255, 255, 255, 128, 128, 128]);
     }
 
@@ -543,6 +581,7 @@ mod tests {
     fn i420_frames_fill_the_tensor_as_their_rgb_conversion_does() {
         for (w, h, resize, size) in [
             (1280usize, 720usize, ResizeMode::Letterbox, (640u32, 640u32)),
+            (640, 480, ResizeMode::Letterbox, (640, 640)),
             (641, 479, ResizeMode::Letterbox, (320, 320)),
             (800, 600, ResizeMode::Stretch, (224, 224)),
         ] {
@@ -573,7 +612,7 @@ mod tests {
             let mut rgb = vec![0u8; w * h * 3];
             for row in 0..h {
                 let span = row * w..(row + 1) * w;
-                conv.row(
+                conv.row::<0>(
                     &y[span.clone()],
                     &uf[span.clone()],
                     &vf[span],
