@@ -33,7 +33,7 @@ struct FrameInner {
     /// Shared by a frame and its crops: cropping never copies pixels.
     pixels: Arc<Pixels>,
     /// An I420 frame's RGB picture, made on first use.
-    rgb: OnceLock<(Vec<u8>, usize)>,
+    rgb: OnceLock<Vec<u8>>,
 }
 
 /// Where the pixels are in the buffer (byte offsets of the first pixel,
@@ -241,17 +241,16 @@ impl Frame {
     pub fn stride(&self) -> usize {
         match self.inner.layout {
             Layout::Rgb { stride, .. } => stride,
-            Layout::I420 { .. } => self.rgb().1,
+            Layout::I420 { .. } => self.inner.width as usize * 3,
         }
     }
     /// The picture as packed RGB: `height` rows of `stride` bytes (the last
     /// row may end at `width * 3`), starting at the frame's first pixel. For
-    /// an I420 frame this converts it once (GStreamer's converter) and keeps
-    /// the result with the frame.
+    /// an I420 frame this converts it once and keeps the result with the frame.
     pub fn data(&self) -> &[u8] {
         match self.inner.layout {
             Layout::Rgb { offset, .. } => &self.inner.pixels.bytes()[offset..],
-            Layout::I420 { .. } => &self.rgb().0,
+            Layout::I420 { .. } => self.rgb(),
         }
     }
 
@@ -265,14 +264,14 @@ impl Frame {
         Some(I420Planes { y: plane(planes[0]), u: plane(planes[1]), v: plane(planes[2]), matrix, full_range })
     }
 
-    fn rgb(&self) -> &(Vec<u8>, usize) {
+    fn rgb(&self) -> &[u8] {
         self.inner.rgb.get_or_init(|| {
             let (w, h) = (self.inner.width as usize, self.inner.height as usize);
             let mut rgb = vec![0u8; w * h * 3];
             if let Some(p) = self.i420() {
                 i420_to_rgb(&p, w, h, &mut rgb);
             }
-            (rgb, w * 3)
+            rgb
         })
     }
 
@@ -322,7 +321,9 @@ impl Frame {
 
 /// The whole picture to packed RGB, for what draws on frames (previews,
 /// snapshots): rare next to inference, which reads the planes directly.
-/// Chroma is repeated over its 2x2 pixels; integer BT.601/709/2020.
+/// Chroma is repeated over its 2x2 pixels; integer BT.601/709/2020. The
+/// model's preprocessing has its own, fused with resizing, in
+/// vigil-inference: the two crates do not depend on each other.
 fn i420_to_rgb(p: &I420Planes<'_>, w: usize, h: usize, rgb: &mut [u8]) {
     let (kr, kb) = match p.matrix {
         YuvMatrix::Bt601 => (0.299, 0.114),
