@@ -135,21 +135,7 @@ impl Frame {
     /// A frame from packed RGB bytes, for tools (`vigil infer` on images) and tests.
     pub fn from_rgb(camera: &str, seq: u64, width: u32, height: u32, rgb: Vec<u8>) -> Frame {
         assert_eq!(rgb.len(), width as usize * height as usize * 3, "packed RGB size");
-        Frame {
-            inner: Arc::new(FrameInner {
-                camera: camera.into(),
-                seq,
-                captured_at: SystemTime::now(),
-                captured_instant: Instant::now(),
-                pts: None,
-                source_latency: None,
-                width,
-                height,
-                layout: Layout::Rgb { offset: 0, stride: width as usize * 3 },
-                pixels: Arc::new(Pixels::Owned(rgb)),
-                rgb: OnceLock::new(),
-            }),
-        }
+        Frame::owned(camera, seq, width, height, Layout::Rgb { offset: 0, stride: width as usize * 3 }, rgb)
     }
 
     /// A frame from tightly packed I420 bytes (Y, then U, then V; chroma
@@ -165,6 +151,12 @@ impl Frame {
         let (w, h) = (width as usize, height as usize);
         let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
         assert_eq!(yuv.len(), w * h + 2 * cw * ch, "packed I420 size");
+        let planes = [(0, w), (w * h, cw), (w * h + cw * ch, cw)];
+        Frame::owned(camera, seq, width, height, Layout::I420 { planes, matrix, full_range: false }, yuv)
+    }
+
+    /// A frame over bytes of its own, captured now.
+    fn owned(camera: &str, seq: u64, width: u32, height: u32, layout: Layout, bytes: Vec<u8>) -> Frame {
         Frame {
             inner: Arc::new(FrameInner {
                 camera: camera.into(),
@@ -175,12 +167,8 @@ impl Frame {
                 source_latency: None,
                 width,
                 height,
-                layout: Layout::I420 {
-                    planes: [(0, w), (w * h, cw), (w * h + cw * ch, cw)],
-                    matrix,
-                    full_range: false,
-                },
-                pixels: Arc::new(Pixels::Owned(yuv)),
+                layout,
+                pixels: Arc::new(Pixels::Owned(bytes)),
                 rgb: OnceLock::new(),
             }),
         }
