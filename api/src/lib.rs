@@ -341,7 +341,7 @@ async fn mjpeg(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Re
                 if let (Some(p), Some(seq)) = (latest, fresh) {
                     let jpeg = tokio::task::spawn_blocking(move || {
                         let f = &p.frame;
-                        let rgb = annotate::draw(f.data(), f.width(), f.height(), f.stride(), &p.prediction);
+                        let rgb = annotate::annotated(f, &p.prediction);
                         annotate::encode_jpeg(&rgb, f.width(), f.height(), 75)
                     })
                     .await;

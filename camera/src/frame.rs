@@ -242,6 +242,32 @@ impl Frame {
         }
     }
 
+    /// The picture as a packed RGB copy (`width * 3` bytes a row) that the
+    /// caller may draw on. An I420 frame is converted straight into it and
+    /// keeps no RGB of its own: a snapshot or a preview costs one picture,
+    /// freed with it, instead of two, one of which lived as long as the frame.
+    pub fn to_rgb(&self) -> Vec<u8> {
+        let (w, h) = (self.inner.width as usize, self.inner.height as usize);
+        let packed_copy = |data: &[u8], stride: usize| {
+            let mut rgb = Vec::with_capacity(w * h * 3);
+            for y in 0..h {
+                rgb.extend_from_slice(&data[y * stride..y * stride + w * 3]);
+            }
+            rgb
+        };
+        match (self.inner.layout, self.inner.rgb.get()) {
+            (Layout::Rgb { stride, .. }, _) => packed_copy(self.data(), stride),
+            (Layout::I420 { .. }, Some(rgb)) => rgb.clone(),
+            (Layout::I420 { .. }, None) => {
+                let mut rgb = vec![0u8; w * h * 3];
+                if let Some(p) = self.i420() {
+                    i420_to_rgb(&p, w, h, &mut rgb);
+                }
+                rgb
+            }
+        }
+    }
+
     /// The planes, for a frame that is I420; `None` for RGB.
     pub fn i420(&self) -> Option<I420Planes<'_>> {
         let Layout::I420 { planes, matrix, full_range } = self.inner.layout else {
@@ -541,6 +567,19 @@ mod tests {
         assert!(d[6..12].iter().all(|&v| (127..=129).contains(&v)), "{:?}", &d[6..12]);
         // An RGB frame has no planes.
         assert!(Frame::from_rgb("c", 0, 1, 1, vec![1, 2, 3]).i420().is_none());
+    }
+
+    #[test]
+    fn to_rgb_is_a_packed_copy_that_leaves_no_rgb_with_the_frame() {
+        let grey = Frame::from_i420("c", 0, 2, 2, vec![16, 235, 126, 126, 128, 128], YuvMatrix::Bt709);
+        let copy = grey.to_rgb();
+        assert!(grey.inner.rgb.get().is_none(), "converting for a copy caches nothing");
+        assert_eq!(copy, grey.data(), "the same pixels as the frame's own RGB");
+        assert_eq!(grey.to_rgb(), copy, "and from the cached RGB once there is one");
+        // A strided RGB crop comes out packed.
+        let rgb: Vec<u8> = (0..4 * 2 * 3).map(|v| v as u8).collect();
+        let crop = Frame::from_rgb("c", 0, 4, 2, rgb).crop(1, 0, 2, 2);
+        assert_eq!(crop.to_rgb(), vec![3, 4, 5, 6, 7, 8, 15, 16, 17, 18, 19, 20]);
     }
 
     #[test]

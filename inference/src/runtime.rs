@@ -127,6 +127,15 @@ fn register_shared_arena(env: &ort::environment::Environment) -> bool {
 /// contention low (frames and tensors come from pools and arenas, not from
 /// malloc per frame) and measured 380 -> 348 MB peak with four cameras,
 /// throughput unchanged.
+///
+/// Blocks of 128 KiB and more (frames, model inputs, ONNX Runtime's arena
+/// chunks, a model file being loaded) are always mapped on their own, so
+/// that freeing one gives it back. glibc's default raises that threshold to
+/// the largest block freed so far, after which such blocks come from the
+/// heap, where a load's garbage stays resident under live data. The big
+/// blocks are pooled (frames by GStreamer, inputs per camera, the arena), so
+/// the extra mapping costs nothing per frame: four cameras, steady RSS
+/// 300 -> 282 MB, CPU per frame unchanged.
 #[allow(unsafe_code)] // libc's mallopt; no safe wrapper exists
 pub fn tune_allocator(cores: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -136,6 +145,7 @@ pub fn tune_allocator(cores: usize) {
         // other threads exist, as glibc recommends for M_ARENA_MAX.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, heaps);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

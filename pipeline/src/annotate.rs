@@ -20,16 +20,30 @@ pub fn class_colour(class_id: u32) -> [u8; 3] {
     PALETTE[class_id as usize % PALETTE.len()]
 }
 
-/// Copies a strided RGB frame into a packed buffer and draws each detection
-/// (a 3 px box and a filled label tab with "label 0.93"), and for classifiers
-/// and anomaly models a banner with the top class or the verdict.
+/// Copies a strided RGB frame into a packed buffer and draws on it (see [`draw_on`]).
 pub fn draw(data: &[u8], width: u32, height: u32, stride: usize, prediction: &Prediction) -> Vec<u8> {
     let (w, h) = (width as usize, height as usize);
     let mut img = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         img.extend_from_slice(&data[y * stride..y * stride + w * 3]);
     }
-    let mut canvas = Canvas { px: &mut img, w, h };
+    draw_on(&mut img, width, height, prediction);
+    img
+}
+
+/// The frame as packed RGB with its prediction drawn on (see [`draw_on`]).
+pub fn annotated(frame: &vigil_camera::Frame, prediction: &Prediction) -> Vec<u8> {
+    let mut img = frame.to_rgb();
+    draw_on(&mut img, frame.width(), frame.height(), prediction);
+    img
+}
+
+/// Draws each detection on packed RGB (`width * 3` bytes a row): a 3 px box
+/// and a filled label tab with "label 0.93", and for classifiers and anomaly
+/// models a banner with the top class or the verdict.
+pub fn draw_on(img: &mut [u8], width: u32, height: u32, prediction: &Prediction) {
+    let (w, h) = (width as usize, height as usize);
+    let mut canvas = Canvas { px: img, w, h };
     let scale = if h >= 720 { 2 } else { 1 };
     let banner = match (prediction.classes.first(), prediction.anomaly) {
         (_, Some(a)) => {
@@ -60,7 +74,6 @@ pub fn draw(data: &[u8], width: u32, height: u32, stride: usize, prediction: &Pr
         canvas.fill(tx, ty, tx + tw, ty + th, c);
         canvas.text(tx + 2, ty + 2, &text, scale, [0, 0, 0]);
     }
-    img
 }
 
 /// JPEG-encodes packed RGB.

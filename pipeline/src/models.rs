@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vigil_inference::{Detector, ImageView, ModelInfo, ModelOptions, Scratch};
+use vigil_inference::{Detector, ModelInfo, ModelOptions, Scratch};
 
 /// Why a model operation was refused; each maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -344,10 +344,11 @@ impl ModelSlot {
             let blank = vigil_camera::Frame::from_rgb("warmup", 0, 64, 48, vec![0; 64 * 48 * 3]);
             let frames = if frames.is_empty() { vec![blank] } else { frames };
             for f in frames.iter().cycle().take(frames.len().max(3)) {
-                let view = ImageView::new(f.data(), f.width(), f.height(), f.stride())
+                // As the cameras will feed it (I420 planes, no RGB copy).
+                let image = crate::appliance::ModelImage::of(f)
                     .ok_or_else(|| ModelError::Internal("bad warm-up frame".into()))?;
-                let (pred, _) = d
-                    .detect(&view, &mut scratch)
+                let pred = image
+                    .detect(&d, &mut scratch)
                     .map_err(|e| ModelError::Invalid(format!("self-test failed: {e}")))?;
                 if pred
                     .detections

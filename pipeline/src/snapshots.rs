@@ -121,7 +121,7 @@ impl SnapshotStore {
                 },
                 None => job.prediction.clone(),
             };
-            let rgb = annotate::draw(f.data(), f.width(), f.height(), f.stride(), &pred);
+            let rgb = annotate::annotated(f, &pred);
             let Ok(jpeg) = annotate::encode_jpeg(&rgb, f.width(), f.height(), 85) else { continue };
             let path = self.dir.join(&job.name);
             let tmp = self.dir.join(format!(".{}.tmp", job.name));
