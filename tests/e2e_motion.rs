@@ -116,3 +116,74 @@ confidence = 0.5
     );
     assert_eq!(&by_camera["gated"], every_events, "gating changes no event");
 }
+
+#[test]
+fn with_regions_the_detector_sees_the_moving_part_at_full_resolution_and_boxes_land_in_the_frame() {
+    // 1920x1080 with a ball of radius 20 crossing it: the whole frame goes
+    // to the 640 model at a third of its size, a region at its own size.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("wide.avi");
+    let (fps, frames) = (30, 60usize);
+    let centre = |n: usize| (300.0 + n as f32 * 22.0, 800.0 - n as f32 * 8.0);
+    let centres: Vec<Option<(f32, f32)>> = (0..frames).map(|n| Some(centre(n))).collect();
+    make_scene_clip_sized(&clip, fps, (1920, 1080), &centres);
+
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "vigil/regions/detections");
+    let config = format!(
+        r#"device_id = "regions"
+[mqtt]
+url = "{mqtt}"
+[http]
+listen = "127.0.0.1:0"
+[events]
+publish_detections = true
+[[models]]
+name = "ball"
+path = "{model}"
+confidence = 0.5
+[[cameras]]
+name = "wide"
+source = "file://{clip}"
+model = "ball"
+loop = false
+realtime = false
+motion = {{ regions = true, min_area = 0.0002 }}
+"#,
+        mqtt = broker.url(),
+        model = ball_model().display(),
+        clip = clip.display()
+    );
+    let v = Vigil::start(&config);
+    wait_until(Duration::from_secs(90), "the clip to end", || camera_health(&v, "wide")["state"] == "ended");
+    let health = camera_health(&v, "wide");
+    let processed = health["frames_processed"].as_u64().expect("processed");
+    let on_regions = health["frames_on_regions"].as_u64().expect("frames_on_regions");
+    println!("{processed} inferences, {on_regions} on a region");
+    // The first frame (everything is new) and interval inferences see the whole frame.
+    assert!(on_regions >= processed / 2 && on_regions < processed, "{health}");
+    let metrics = String::from_utf8(v.get("/metrics").2).expect("utf-8");
+    assert!(metrics.contains(&format!(
+        "vigil_camera_frames_total{{camera=\"wide\",stage=\"processed_on_region\"}} {on_regions}"
+    )));
+
+    // Every box is where the ball is in the frame, whichever way it was seen.
+    let mut checked = 0;
+    while let Some(bytes) = sub.try_next_on("vigil/regions/detections", Duration::from_millis(500)) {
+        let m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        let n = m["frame"]["seq"].as_u64().expect("seq") as usize;
+        let Some(&Some((cx, cy))) = centres.get(n) else { continue };
+        for d in m["detections"].as_array().expect("detections") {
+            let b: Vec<f64> =
+                d["box"].as_array().expect("box").iter().map(|v| v.as_f64().expect("f64")).collect();
+            let (bx, by) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+            assert!(
+                (bx - f64::from(cx)).abs() < 5.0 && (by - f64::from(cy)).abs() < 5.0,
+                "frame {n}: box {b:?}, ball at ({cx}, {cy})"
+            );
+            assert!((b[2] - b[0] - 40.0).abs() < 8.0, "frame {n}: {b:?} for a 40 px ball");
+            checked += 1;
+        }
+    }
+    assert!(checked as u64 >= on_regions, "{checked} boxes checked, {on_regions} region inferences");
+}

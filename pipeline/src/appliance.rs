@@ -25,7 +25,9 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use vigil_camera::{Camera, Frame, FrameSlot};
-use vigil_inference::{Detector, I420View, ImageView, ModelInfo, Prediction, Prepared, YuvMatrix, runtime};
+use vigil_inference::{
+    BBox, Detector, I420View, ImageView, ModelInfo, Prediction, Prepared, YuvMatrix, runtime,
+};
 
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
@@ -68,6 +70,7 @@ struct CameraRuntime {
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
     skipped_still: Arc<AtomicU64>,
+    on_regions: Arc<AtomicU64>,
     motion_gating: bool,
     inference_errors: Arc<AtomicU64>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -160,6 +163,9 @@ pub struct CameraHealth {
     /// Frames not inferred because nothing moved (motion gating); the live
     /// view still shows them, with the last boxes.
     pub frames_skipped_still: u64,
+    /// Frames the detector saw a moving region of, not the whole frame
+    /// (`motion.regions`); counted in `frames_processed` too.
+    pub frames_on_regions: u64,
     /// Motion gating is on for this camera.
     pub motion_gating: bool,
     /// Frames replaced by a newer one before inference took them (inference busy).
@@ -473,8 +479,18 @@ impl Appliance {
             // whose verdicts are about every part, moving or not.
             let detector_model =
                 model_slot.as_ref().is_some_and(|s| s.current().info().plan.decoder.is_detector());
+            if c.motion.regions && !detector_model {
+                tracing::warn!(
+                    camera = %c.name,
+                    "motion.regions applies to detectors only; this camera's model sees whole frames"
+                );
+            }
+            let motion = crate::motion::MotionConfig {
+                regions: c.motion.regions && detector_model,
+                ..c.motion.clone()
+            };
             let gate = (model_slot.is_some() && c.motion.enabled.unwrap_or(detector_model))
-                .then(|| crate::motion::MotionGate::new(c.motion.clone()));
+                .then(|| crate::motion::MotionGate::new(motion));
             let rt = CameraRuntime {
                 name: c.name.clone(),
                 model: c.model.clone(),
@@ -484,6 +500,7 @@ impl Appliance {
                 latest: Arc::new(Mutex::new(None)),
                 processed: Arc::new(AtomicU64::new(0)),
                 skipped_still: Arc::new(AtomicU64::new(0)),
+                on_regions: Arc::new(AtomicU64::new(0)),
                 motion_gating: gate.is_some(),
                 inference_errors: Arc::new(AtomicU64::new(0)),
                 worker: Mutex::new(None),
@@ -510,6 +527,7 @@ impl Appliance {
                 latest: rt.latest.clone(),
                 processed: rt.processed.clone(),
                 skipped_still: rt.skipped_still.clone(),
+                on_regions: rt.on_regions.clone(),
                 gate,
                 errors: rt.inference_errors.clone(),
                 command: rt.command.clone(),
@@ -733,6 +751,11 @@ impl Appliance {
                 "vigil_camera_frames_total{{camera=\"{n}\",stage=\"skipped_still\"}} {}",
                 c.frames_skipped_still
             );
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_total{{camera=\"{n}\",stage=\"processed_on_region\"}} {}",
+                c.frames_on_regions
+            );
         }
         help(
             &mut o,
@@ -917,6 +940,7 @@ impl Appliance {
                     frames_received: received,
                     frames_processed: c.processed.load(Ordering::Relaxed),
                     frames_skipped_still: c.skipped_still.load(Ordering::Relaxed),
+                    frames_on_regions: c.on_regions.load(Ordering::Relaxed),
                     motion_gating: c.motion_gating,
                     frames_dropped_busy: c.slot.dropped(),
                     frames_dropped_rate: dropped_rate,
@@ -1066,6 +1090,7 @@ struct Worker {
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
     processed: Arc<AtomicU64>,
     skipped_still: Arc<AtomicU64>,
+    on_regions: Arc<AtomicU64>,
     gate: Option<crate::motion::MotionGate>,
     errors: Arc<AtomicU64>,
     command: PendingCommand,
@@ -1089,6 +1114,8 @@ fn input_buffers(cameras: usize, sessions: usize, max_batch: usize) -> usize {
 struct InFlight {
     frame: Frame,
     model: Arc<ModelInfo>,
+    /// Where the region the model saw starts in the frame, when it saw one.
+    origin: Option<(u32, u32)>,
 }
 
 fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
@@ -1151,9 +1178,10 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                         Some(Arc::new(Processed { frame, prediction: Prediction::default(), model: None }));
                     continue;
                 };
+                let mut region = None;
                 if let Some(gate) = &mut w.gate {
                     let forced = w.command.lock().is_some();
-                    let (decision, _) = gate.decide(&frame, w.events.tracking(), forced);
+                    let (decision, motion) = gate.decide(&frame, w.events.tracking(), forced);
                     if decision == crate::motion::Decision::Skip {
                         w.skipped_still.fetch_add(1, Ordering::Relaxed);
                         // The live view stays live: this frame, with the boxes
@@ -1166,7 +1194,30 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                         *latest = Some(Arc::new(Processed { frame, prediction, model }));
                         continue;
                     }
+                    if decision == crate::motion::Decision::Motion
+                        && gate.regions()
+                        && let (Some(moving), Some((mw, mh))) =
+                            (motion.region, detector.info().plan.input.size)
+                    {
+                        region = crate::motion::detection_region(
+                            (frame.width(), frame.height()),
+                            mw.max(mh),
+                            moving,
+                            &w.events.tracked_boxes(),
+                        );
+                    }
                 }
+                // A region is a view of the same buffer: nothing is copied.
+                let crop = region.map(|r| frame.crop(r.x, r.y, r.side, r.side));
+                let crop_view = crop.as_ref().and_then(ModelImage::of);
+                let view = match &crop_view {
+                    Some(v) => {
+                        w.on_regions.fetch_add(1, Ordering::Relaxed);
+                        v
+                    }
+                    None => &view,
+                };
+                let origin = crop_view.is_some().then(|| region.map(|r| (r.x, r.y))).flatten();
                 let model = detector.info().clone();
                 let mut prepared = spare.pop().unwrap_or_default();
                 let Some(submitter) = w.submitter.as_ref() else { break };
@@ -1184,7 +1235,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 if !submitter.submit(detector, prepared) {
                     break;
                 }
-                in_flight = Some(InFlight { frame, model });
+                in_flight = Some(InFlight { frame, model, origin });
             }
             if let Some(job) = in_flight.take() {
                 w.finish_inference(job, &mut spare, &mut last);
@@ -1211,8 +1262,8 @@ impl Worker {
             return false;
         };
         spare.push(done.prepared);
-        let InFlight { frame, model } = job;
-        let (prediction, timings) = match done.result {
+        let InFlight { frame, model, origin } = job;
+        let (mut prediction, timings) = match done.result {
             Ok(r) => r,
             Err(e) => {
                 let n = self.errors.fetch_add(1, Ordering::Relaxed);
@@ -1224,6 +1275,13 @@ impl Worker {
                 return true;
             }
         };
+        if let Some((x, y)) = origin {
+            // Boxes of a region, back into the frame's coordinates.
+            let (x, y) = (x as f32, y as f32);
+            for d in &mut prediction.detections {
+                d.bbox = BBox { x1: d.bbox.x1 + x, y1: d.bbox.y1 + y, x2: d.bbox.x2 + x, y2: d.bbox.y2 + y };
+            }
+        }
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.stages.preprocess.observe(timings.preprocess.as_secs_f64());
         self.stages.inference.observe(timings.run.as_secs_f64());

@@ -864,6 +864,12 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         if !(m.idle_interval_s.is_finite() && m.idle_interval_s > 0.0 && m.max_interval_s > 0.0) {
             p(format!("{at}.motion: max_interval_s and idle_interval_s must be above 0"));
         }
+        if m.regions && m.enabled == Some(false) {
+            p(format!(
+                "{at}.motion.regions = true: regions come from motion gating, which enabled = false turns off; \
+                 remove one of the two"
+            ));
+        }
         if m.enabled != Some(false) && m.max_interval_s >= t.max_missing_s {
             p(format!(
                 "{at}.motion.max_interval_s = {}: must be below tracker.max_missing_s ({}), or still objects \
@@ -1185,6 +1191,15 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn motion_regions_need_motion_gating() {
+        let on = GOOD.replace("fps = 10", "fps = 10\nmotion = { regions = true }");
+        assert!(load(&on).expect("valid").config.cameras[0].motion.regions);
+        let e = load(&GOOD.replace("fps = 10", "fps = 10\nmotion = { enabled = false, regions = true }"))
+            .unwrap_err();
+        assert!(e.contains("cameras[0].motion.regions = true") && e.contains("enabled = false"), "{e}");
     }
 
     #[test]

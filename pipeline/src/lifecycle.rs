@@ -103,6 +103,11 @@ impl CameraEvents {
         !self.tracker.tracks().is_empty()
     }
 
+    /// Where each live track is expected now (for the detector's region).
+    pub fn tracked_boxes(&self) -> Vec<vigil_inference::BBox> {
+        self.tracker.tracks().iter().map(|t| t.predicted()).collect()
+    }
+
     /// Crossing counts per line: (name, left, right).
     pub fn line_counts(&self) -> Vec<(String, u64, u64)> {
         self.zones.line_counts()

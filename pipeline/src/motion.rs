@@ -47,6 +47,15 @@ pub struct MotionConfig {
     /// what appears without moving (lights switched on, a slow drift).
     #[serde(default = "d_idle_interval")]
     pub idle_interval_s: f64,
+    /// Run the detector on the moving part of the frame only (Frigate's
+    /// regions): on a frame with motion, the smallest square that holds the
+    /// moving region and every tracked object, at least the model's input
+    /// size, cropped at full resolution; the whole frame when that square is
+    /// not clearly smaller. Small or distant objects in high-resolution
+    /// cameras are then seen at their own size instead of scaled down.
+    /// Forced and interval inferences still see the whole frame.
+    #[serde(default)]
+    pub regions: bool,
 }
 
 fn d_threshold() -> u8 {
@@ -70,8 +79,57 @@ impl Default for MotionConfig {
             min_area: d_min_area(),
             max_interval_s: d_max_interval(),
             idle_interval_s: d_idle_interval(),
+            regions: false,
         }
     }
+}
+
+/// A square of the frame to run the detector on, in pixels (even origin,
+/// as an I420 crop needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub side: u32,
+}
+
+/// The region the detector should see on a frame with motion: the square
+/// around `moving` (normalised `[x1, y1, x2, y2]`) and the `tracked` boxes
+/// (pixels), with a margin, at least `model_side` pixels so nothing is
+/// scaled down. `None` (the whole frame) when that square would cover more
+/// than three quarters of the frame's shorter side: little would be gained,
+/// and objects near the edges would be cut.
+pub fn detection_region(
+    frame: (u32, u32),
+    model_side: u32,
+    moving: [f32; 4],
+    tracked: &[vigil_inference::BBox],
+) -> Option<Region> {
+    let (fw, fh) = (frame.0 as f32, frame.1 as f32);
+    let (mut x1, mut y1, mut x2, mut y2) = (moving[0] * fw, moving[1] * fh, moving[2] * fw, moving[3] * fh);
+    for b in tracked {
+        (x1, y1, x2, y2) = (x1.min(b.x1), y1.min(b.y1), x2.max(b.x2), y2.max(b.y2));
+    }
+    // The motion grid is coarse (a cell is 1/160 of the width) and a moving
+    // object's edges may not have changed: a margin of a tenth plus 16 px.
+    let margin_x = (x2 - x1) * 0.1 + 16.0;
+    let margin_y = (y2 - y1) * 0.1 + 16.0;
+    let (x1, y1, x2, y2) = (
+        (x1 - margin_x).max(0.0),
+        (y1 - margin_y).max(0.0),
+        (x2 + margin_x).min(fw),
+        (y2 + margin_y).min(fh),
+    );
+    let side = (x2 - x1).max(y2 - y1).max(model_side as f32).ceil();
+    if side > 0.75 * fw.min(fh) {
+        return None;
+    }
+    let side = side as u32 + (side as u32 & 1);
+    let centred = |lo: f32, hi: f32, limit: u32| -> u32 {
+        let start = ((lo + hi) / 2.0 - side as f32 / 2.0).round().max(0.0) as u32;
+        start.min(limit - side) & !1
+    };
+    Some(Region { x: centred(x1, x2, frame.0), y: centred(y1, y2, frame.1), side })
 }
 
 /// Width of the grayscale copy the detector works on.
@@ -228,6 +286,11 @@ impl MotionGate {
         MotionGate { config, detector: MotionDetector::default(), last_inference: None }
     }
 
+    /// Whether a frame with motion is inferred on its moving region only.
+    pub fn regions(&self) -> bool {
+        self.config.regions
+    }
+
     /// Decides for one frame. `tracking`: objects are alive on this camera;
     /// `forced`: infer regardless. The caller runs the model unless `Skip`.
     pub fn decide(
@@ -349,5 +412,27 @@ mod tests {
         assert_eq!(g.decide(&at(2_400, None), true, false).0, Decision::Skip);
         assert_eq!(g.decide(&at(2_600, None), true, false).0, Decision::Interval);
         assert_eq!(g.decide(&at(2_700, Some((40, 40, 20))), true, false).0, Decision::Motion);
+    }
+
+    #[test]
+    fn the_detector_region_holds_what_moves_and_what_is_tracked_at_model_size_or_more() {
+        use vigil_inference::BBox;
+        // 1920x1080, a 640 model: motion in the top-left corner.
+        let r = detection_region((1920, 1080), 640, [0.05, 0.05, 0.1, 0.1], &[]).expect("a region");
+        assert_eq!(r.side, 640, "never smaller than the model's input");
+        assert_eq!((r.x, r.y), (0, 0), "clamped into the frame");
+        // In the middle: centred on the motion, on even pixels.
+        let r = detection_region((1920, 1080), 640, [0.5, 0.5, 0.52, 0.54], &[]).expect("a region");
+        let (cx, cy) = (0.51 * 1920.0, 0.52 * 1080.0);
+        assert!((r.x as f32 + 320.0 - cx).abs() <= 2.0 && (r.y as f32 + 320.0 - cy).abs() <= 2.0, "{r:?}");
+        assert_eq!((r.x % 2, r.y % 2), (0, 0));
+        // A tracked object far from the motion widens the square past the model's size.
+        let parked = BBox { x1: 1700.0, y1: 600.0, x2: 1760.0, y2: 680.0 };
+        let r = detection_region((1920, 1080), 640, [0.6, 0.5, 0.62, 0.54], &[parked]).expect("a region");
+        assert!(r.side > 640 && r.x as f32 <= 0.6 * 1920.0 && (r.x + r.side) as f32 >= 1760.0, "{r:?}");
+        assert!(r.y + r.side <= 1080 && r.x + r.side <= 1920);
+        // Motion over most of the frame, or a frame hardly bigger than the model: the whole frame.
+        assert_eq!(detection_region((1920, 1080), 640, [0.1, 0.1, 0.9, 0.9], &[]), None);
+        assert_eq!(detection_region((640, 480), 640, [0.4, 0.4, 0.5, 0.5], &[]), None);
     }
 }

@@ -729,8 +729,13 @@ pub fn model_version(ev: &serde_json::Value) -> u64 {
 /// background (as a real sensor's), at the centre given per frame (`None`:
 /// no ball), 640x480.
 pub fn make_scene_clip(path: &Path, fps: u32, centres: &[Option<(f32, f32)>]) {
+    make_scene_clip_sized(path, fps, (640, 480), centres);
+}
+
+/// [`make_scene_clip`] at another frame size (the ball keeps its radius).
+pub fn make_scene_clip_sized(path: &Path, fps: u32, size: (usize, usize), centres: &[Option<(f32, f32)>]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (w, h, r) = (640usize, 480usize, 20.0f32);
+    let (w, h, r) = (size.0, size.1, 20.0f32);
     for (n, c) in centres.iter().enumerate() {
         let mut rgb = vec![0u8; w * h * 3];
         for y in 0..h {
