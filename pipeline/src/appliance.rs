@@ -1210,13 +1210,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 // A region is a view of the same buffer: nothing is copied.
                 let crop = region.map(|r| frame.crop(r.x, r.y, r.side, r.side));
                 let crop_view = crop.as_ref().and_then(ModelImage::of);
-                let view = match &crop_view {
-                    Some(v) => {
-                        w.on_regions.fetch_add(1, Ordering::Relaxed);
-                        v
-                    }
-                    None => &view,
-                };
+                let view = crop_view.as_ref().unwrap_or(&view);
                 let origin = crop_view.is_some().then(|| region.map(|r| (r.x, r.y))).flatten();
                 let model = detector.info().clone();
                 let mut prepared = spare.pop().unwrap_or_default();
@@ -1276,6 +1270,7 @@ impl Worker {
             }
         };
         if let Some((x, y)) = origin {
+            self.on_regions.fetch_add(1, Ordering::Relaxed);
             // Boxes of a region, back into the frame's coordinates.
             let (x, y) = (x as f32, y as f32);
             for d in &mut prediction.detections {
