@@ -105,23 +105,7 @@ fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
     let broker = Mosquitto::start();
     let device = format!("four{sessions}");
     let sub = Subscriber::connect(broker.port, &format!("vigil/{device}/detections"));
-    let mut config = format!(
-        r#"device_id = "{device}"
-[mqtt]
-url = "{mqtt}"
-[http]
-listen = "127.0.0.1:0"
-[events]
-publish_detections = true
-[[models]]
-name = "ball"
-path = "{model}"
-confidence = 0.5
-{model_extra}
-"#,
-        mqtt = broker.url(),
-        model = model.display()
-    );
+    let mut config = detections_config(&device, &broker.url(), &model) + model_extra + "\n";
     // Played as fast as they decode, losslessly: every frame must be analysed.
     for i in 1..=4 {
         config += &format!(

@@ -142,19 +142,9 @@ fn with_regions_the_detector_sees_the_moving_part_at_full_resolution_and_boxes_l
 
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "vigil/regions/detections");
-    let config = format!(
-        r#"device_id = "regions"
-[mqtt]
-url = "{mqtt}"
-[http]
-listen = "127.0.0.1:0"
-[events]
-publish_detections = true
-[[models]]
-name = "ball"
-path = "{model}"
-confidence = 0.5
-[[cameras]]
+    let config = detections_config("regions", &broker.url(), &ball_model())
+        + &format!(
+            r#"[[cameras]]
 name = "wide"
 source = "file://{clip}"
 model = "ball"
@@ -162,10 +152,8 @@ loop = false
 realtime = false
 motion = {{ regions = true, min_area = 0.0002 }}
 "#,
-        mqtt = broker.url(),
-        model = ball_model().display(),
-        clip = clip.display()
-    );
+            clip = clip.display()
+        );
     let v = Vigil::start(&config);
     wait_until(Duration::from_secs(90), "every frame of the clip handled", || {
         all_frames_handled(&camera_health(&v, "wide"))

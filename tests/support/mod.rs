@@ -501,6 +501,27 @@ publish_detections = true
     )
 }
 
+/// The top of a config whose detections go out over MQTT: device, broker,
+/// API on a free port, and `model` as the ball model slot (confidence 0.5).
+/// Model settings and cameras follow.
+pub fn detections_config(device: &str, mqtt_url: &str, model: &Path) -> String {
+    format!(
+        r#"device_id = "{device}"
+[mqtt]
+url = "{mqtt_url}"
+[http]
+listen = "127.0.0.1:0"
+[events]
+publish_detections = true
+[[models]]
+name = "ball"
+path = "{model}"
+confidence = 0.5
+"#,
+        model = model.display()
+    )
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write");
