@@ -158,6 +158,20 @@ web_tools_install() {
     (cd "$web" && npm ci --no-audit --no-fund --silent)
 }
 
+# A full disk otherwise shows up as an obscure rustc or linker error halfway
+# through a build. Measured on a clean checkout: target/ is about 3.2 GiB
+# after the test suite and 1.2 GiB after the demo's release build.
+disk_check() {
+    local target="${CARGO_TARGET_DIR:-$ROOT/target}" free_kib
+    mkdir -p "$target"
+    free_kib="$(df -Pk "$target" | awk 'NR == 2 { print $4 }')"
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $((5 * 1024 * 1024)) ]; then
+        log "WARNING: only $((free_kib / 1024)) MiB free for $target; building and testing Vigil needs about 5 GiB." \
+            "Free some space (an old target/ can go: cargo clean) if the build fails with 'No space left on device'."
+    fi
+}
+
+disk_check
 apt_install
 web_tools_install
 rust_install
