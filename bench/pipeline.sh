@@ -8,7 +8,7 @@
 # makes the clips, then runs bench/pipeline.py: one camera, live latency, four
 # cameras with a model swap mid-run, a still scene with motion gating on and
 # off. Prints a table; the JSON goes to .vigil/bench/pipeline.json. Takes
-# about nine minutes on two cores. Nothing is left running afterwards.
+# about eleven minutes on two cores. Nothing is left running afterwards.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/deploy/bootstrap.sh" >/dev/null
