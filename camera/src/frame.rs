@@ -78,6 +78,17 @@ pub struct I420Planes<'a> {
     pub full_range: bool,
 }
 
+/// Strided RGB rows (`stride` bytes apart) as one packed copy, `width * 3`
+/// bytes a row.
+pub fn packed_rgb(data: &[u8], width: u32, height: u32, stride: usize) -> Vec<u8> {
+    let (w, h) = (width as usize, height as usize);
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        rgb.extend_from_slice(&data[y * stride..y * stride + w * 3]);
+    }
+    rgb
+}
+
 impl Frame {
     /// A frame over a mapped GStreamer buffer of the format `info` describes
     /// (RGB or I420; anything else is refused). Plane offsets and strides
@@ -248,15 +259,10 @@ impl Frame {
     /// freed with it, instead of two, one of which lived as long as the frame.
     pub fn to_rgb(&self) -> Vec<u8> {
         let (w, h) = (self.inner.width as usize, self.inner.height as usize);
-        let packed_copy = |data: &[u8], stride: usize| {
-            let mut rgb = Vec::with_capacity(w * h * 3);
-            for y in 0..h {
-                rgb.extend_from_slice(&data[y * stride..y * stride + w * 3]);
-            }
-            rgb
-        };
         match (self.inner.layout, self.inner.rgb.get()) {
-            (Layout::Rgb { stride, .. }, _) => packed_copy(self.data(), stride),
+            (Layout::Rgb { stride, .. }, _) => {
+                packed_rgb(self.data(), self.inner.width, self.inner.height, stride)
+            }
             (Layout::I420 { .. }, Some(rgb)) => rgb.clone(),
             (Layout::I420 { .. }, None) => {
                 let mut rgb = vec![0u8; w * h * 3];

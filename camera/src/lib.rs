@@ -25,7 +25,7 @@ mod source;
 mod supervisor;
 
 pub use error::CameraError;
-pub use frame::{Frame, FrameSlot, I420Planes, YuvMatrix};
+pub use frame::{Frame, FrameSlot, I420Planes, YuvMatrix, packed_rgb};
 pub use reader::FrameReader;
 pub use source::{Source, V4l2Mode, redact};
 pub use supervisor::{

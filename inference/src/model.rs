@@ -135,10 +135,10 @@ pub struct Scratch {
 ///
 /// Copies rather than concurrent runs on one session: ONNX Runtime documents
 /// `Run` as thread-safe, but `ort`'s maintainers hold that it is not in
-/// practice (GPU providers crash) and made running exclusive on purpose. A copy costs about 13 MiB of
-/// resident memory with YOLOv8n (measured: two threads on one shared session
-/// ran no faster than on two copies), a small price for not going around
-/// that with raw C API calls.
+/// practice (GPU providers crash) and made running exclusive on purpose. A
+/// copy costs about 13 MiB of resident memory with YOLOv8n (measured: two
+/// threads on one shared session ran no faster than on two copies), a small
+/// price for not going around that with raw C API calls.
 #[derive(Debug)]
 pub struct Detector {
     info: Arc<ModelInfo>,

@@ -22,11 +22,7 @@ pub fn class_colour(class_id: u32) -> [u8; 3] {
 
 /// Copies a strided RGB frame into a packed buffer and draws on it (see [`draw_on`]).
 pub fn draw(data: &[u8], width: u32, height: u32, stride: usize, prediction: &Prediction) -> Vec<u8> {
-    let (w, h) = (width as usize, height as usize);
-    let mut img = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        img.extend_from_slice(&data[y * stride..y * stride + w * 3]);
-    }
+    let mut img = vigil_camera::packed_rgb(data, width, height, stride);
     draw_on(&mut img, width, height, prediction);
     img
 }
