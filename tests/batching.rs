@@ -72,6 +72,30 @@ fn a_batch_gives_each_frame_what_a_run_on_it_alone_gives() {
         }
     }
 
+    // Capped at one frame a run (the CPU default), a batch-taking model is
+    // not probed with two, and ONNX Runtime plans the memory of that one
+    // shape once: the same answers, run after run.
+    let one_at_a_time = Detector::load(
+        "ball",
+        &batched_ball_model(None),
+        ModelOptions { max_batch: 1, ..ModelOptions::default() },
+    )
+    .expect("dynamic batch, one frame a run");
+    assert_eq!(one_at_a_time.batch_limit(), 1);
+    let mut scratch = Scratch::default();
+    for _ in 0..2 {
+        for (i, (v, a)) in views.iter().zip(&alone).enumerate() {
+            let p = one_at_a_time.detect(v, &mut scratch).expect("run").0;
+            assert_eq!(p.detections.len(), a.detections.len(), "one at a time, frame {i}");
+            for (b, a) in p.detections.iter().zip(&a.detections) {
+                assert!(
+                    (b.bbox.x1 - a.bbox.x1).abs() < 0.05 && (b.score - a.score).abs() < 1e-3,
+                    "{b:?} vs {a:?}"
+                );
+            }
+        }
+    }
+
     // More frames than a fixed batch takes is refused, not truncated.
     let mut five: Vec<Prepared> = (0..5).map(|_| Prepared::default()).collect();
     for p in &mut five {

@@ -81,6 +81,8 @@ fn test_frame(w: u32, h: u32) -> Vec<u8> {
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let options = ModelOptions {
         intra_threads: args.threads,
+        // One frame per run, as the appliance runs on the CPU.
+        max_batch: 1,
         provider: crate::infer::provider(&args.provider)?,
         ..ModelOptions::default()
     };

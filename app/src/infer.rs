@@ -89,6 +89,8 @@ pub(crate) fn provider(name: &str) -> anyhow::Result<Provider> {
 pub(crate) fn run(args: &InferArgs) -> anyhow::Result<()> {
     let mut options = ModelOptions {
         intra_threads: args.threads,
+        // One frame per run, as the appliance runs on the CPU.
+        max_batch: 1,
         provider: provider(&args.provider)?,
         ..ModelOptions::default()
     };

@@ -282,9 +282,6 @@ impl Appliance {
                 .collect();
             required.sort();
             required.dedup();
-            let mut options = m.options();
-            options.intra_threads = threads.model_threads[&m.name];
-            options.sessions = threads.model_sessions[&m.name];
             let policy = BatchPolicy {
                 // On the CPU, copies of the session running single frames
                 // side by side beat batches (four cameras, YOLOv8n, two
@@ -297,6 +294,10 @@ impl Appliance {
                 }),
                 wait: Duration::from_millis(m.batch_wait_ms),
             };
+            let mut options = m.options();
+            options.intra_threads = threads.model_threads[&m.name];
+            options.sessions = threads.model_sessions[&m.name];
+            options.max_batch = policy.max_batch;
             let slot = ModelSlot::open(&m.name, &m.path, options, &loaded.data_dir, cameras, required)
                 .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
             let det = slot.current();

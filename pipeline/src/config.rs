@@ -356,6 +356,7 @@ impl ModelConfig {
             },
             intra_threads: self.threads,
             sessions: self.sessions.unwrap_or(1),
+            max_batch: self.batch.unwrap_or(0),
             provider: self.provider,
             device_id: self.device_id,
             allow_cpu_fallback: self.allow_cpu_fallback,
