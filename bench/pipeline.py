@@ -436,7 +436,7 @@ def case_latency(a, broker, clip10, threads):
 
 def case_four_cameras(a, broker, clip, threads):
     rounds = {"vigil": [], "vigil_swap": [], "vigil_batched": [], "python": [], "bare": [], "bare_parallel": []}
-    swap_file = os.path.join(a.work, "yolov8n-batch-v2.onnx")
+    swap_file = os.path.join(a.work, os.path.basename(a.batched_model).replace(".onnx", "-v2.onnx"))
     with open(a.batched_model, "rb") as f:
         data = f.read()
     tag = b"vigil bench v2"
@@ -532,7 +532,7 @@ def main():
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     result = {"machine": {"cores": cores, "cpu": cpu, "onnxruntime": ort.__version__}, "frames": a.frames,
-              "threads": threads}
+              "threads": threads, "model": os.path.basename(a.model)}
     broker = Broker(a.work)
     try:
         cases = a.cases.split(",")
@@ -567,7 +567,8 @@ def paired(pairs):
 
 def report(r):
     m = r["machine"]
-    print(f"\n# {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; values: medians of the rounds; "
+    print(f"\n# {r.get('model', '?')}; {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; "
+          "values: medians of the rounds; "
           "ratios: medians of the ratios within each round\n")
     bare_rounds = r.get("one_camera", {}).get("bare") or [r["bare"]]
     bare_fps, bare_ms = med(bare_rounds, "fps"), med(bare_rounds, "median_ms")

@@ -4,7 +4,7 @@ ONNX and strips their trainable weights into small "skeleton" files.
 
 Run with the heavy fixture venv (see README.md), from anywhere:
 
-    /work/ultra-venv/bin/python models/yolo/export_ultralytics.py
+    /work/ultra-venv/bin/python models/yolo/export_ultralytics.py [NAME...]
 
 For each architecture it:
 1. builds `YOLO('<arch>.yaml')` (random init; nothing is downloaded),
@@ -46,6 +46,8 @@ MODELS = [
     ("yolov10n", "yolov10n.yaml", 640, {"nms": False}),
     ("yolo26n", "yolo26n.yaml", 640, {"nms": False}),
     ("yolov8n-cls", "yolov8n-cls.yaml", 224, {}),
+    # Three times YOLOv8n's compute: bench/pipeline.sh --model-size s.
+    ("yolov8s", "yolov8s.yaml", 640, {}),
 ]
 STRIPPED = "vigil:stripped"
 
@@ -83,9 +85,12 @@ def main() -> int:
     os.chdir(WORK)  # Ultralytics writes next to the cwd / model; keep it out of the repo
     cfg_dir = os.path.join(os.path.dirname(ultralytics.__file__), "cfg", "models")
     available = {f for _, _, fs in os.walk(cfg_dir) for f in fs}
+    only = set(sys.argv[1:])  # names to export; none: all
     for name, yaml, imgsz, extra in MODELS:
+        if only and name not in only:
+            continue
         # Ultralytics resolves 'yolov8n.yaml' to yolov8.yaml with scale 'n' (yolov10n.yaml exists as such)
-        base = yaml.replace("n.yaml", ".yaml").replace("n-cls.yaml", "-cls.yaml")
+        base = yaml.replace("n.yaml", ".yaml").replace("n-cls.yaml", "-cls.yaml").replace("s.yaml", ".yaml")
         if yaml not in available and base not in available:
             print(f"{name}: {yaml} not in ultralytics {ultralytics.__version__}, skipped")
             continue
