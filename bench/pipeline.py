@@ -13,6 +13,8 @@ Run through bench/pipeline.sh (it builds Vigil and the models first). Cases:
                each camera's share of it, peak RSS; then again with a model
                swap in the middle of Vigil's run, which must cost no frame.
   still scene  Vigil with motion gating on and off: inferences, events.
+  four-fps     (not in the default set) the four cameras' throughput alone
+               against the two bare loops, for many cheap rounds.
 
 Vigil and the reference alternate (A/B/A/B, `--repeats` rounds); each line
 reports the median of the rounds. Everything runs against a real Mosquitto on
@@ -469,6 +471,18 @@ def case_four_cameras(a, broker, clip, threads):
     return rounds
 
 
+def case_four_throughput(a, broker, clip, threads):
+    """Only the four cameras' throughput against the two bare loops, round
+    after round: cheap enough to repeat often on a VM whose speed drifts."""
+    rounds = {"vigil": [], "bare": [], "bare_parallel": []}
+    copies = min(4, threads)
+    for _ in range(a.repeats):
+        rounds["bare"].append(bare(a, threads))
+        rounds["bare_parallel"].append(bare_parallel(a, copies, max(1, threads // copies)))
+        rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra))
+    return rounds
+
+
 STILL_CAMERA = """zones = [{ name = "middle", polygon = [[0.35, 0.2], [0.65, 0.2], [0.65, 0.8], [0.35, 0.8]], anchor = "center" }]
 lines = [{ name = "gate", from = [0.8, 0.0], to = [0.8, 1.0], anchor = "center" }]
 """
@@ -508,7 +522,8 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--frames", type=int, default=300, help="frames of the 30 fps clip")
-    ap.add_argument("--cases", default="one,latency,four,still")
+    ap.add_argument("--cases", default="one,latency,four,still",
+                    help="any of one, latency, four, still; four-fps: the four cameras' throughput alone")
     ap.add_argument("--threads", type=int, default=0,
                     help="ONNX Runtime threads for Vigil, bare and Python (default: Vigil's plan, every core)")
     ap.add_argument("--out", default=None)
@@ -542,6 +557,8 @@ def main():
             result["latency"] = case_latency(a, broker, clip10, threads)
         if "four" in cases:
             result["four_cameras"] = case_four_cameras(a, broker, clip, threads)
+        if "four-fps" in cases:
+            result["four_fps"] = case_four_throughput(a, broker, clip, threads)
         if "still" in cases:
             result["still"] = case_still(a, broker, still)
     finally:
@@ -630,6 +647,16 @@ def report(r):
                      paired((x["peak_rss_mib"], y["peak_rss_mib"]) for x, y in zip(vs, p)), None))
         lost = max(x["lost_frames"] for x in vs + vb)
         rows.append(("4 cameras: frames lost to the mid-run swaps", lost, None, "0", lost, None))
+    if "four_fps" in r:
+        f = r["four_fps"]
+        ratios = [x["fps"] / max(b["fps"], p["fps"]) for x, b, p in zip(f["vigil"], f["bare"], f["bare_parallel"])]
+        rows.append((f"4 cameras, throughput alone, {len(ratios)} rounds: fps", med(f["vigil"], "fps"), None,
+                     ">= 0.95 x bare", statistics.median(ratios), None))
+        rows.append(("4 cameras, throughput alone: lowest round ratio", min(ratios), None, "", None, None))
+        rows.append(("4 cameras, throughput alone: highest round ratio", max(ratios), None, "", None, None))
+        rows.append(("4 cameras, throughput alone: slowest camera / fair share",
+                     min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in f["vigil"]), None, ">= 0.8",
+                     None, None))
     print(f"| {'measure':<50} | {'Vigil':>9} | {'Python':>9} | {'target':<22} | {'ratio':>7} | {'Py ratio':>8} |")
     print(f"|{'-' * 52}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 9}|{'-' * 10}|")
     for name, v, p, target, ratio, py_ratio in rows:
