@@ -436,6 +436,14 @@ def case_latency(a, broker, clip10, threads):
     return rounds
 
 
+def bare_capacity(a, threads, rounds):
+    """Adds this round's two bare loops to `rounds`: one session with every
+    thread, and side-by-side copies as Vigil's thread plan runs them."""
+    rounds["bare"].append(bare(a, threads))
+    copies = min(4, threads)
+    rounds["bare_parallel"].append(bare_parallel(a, copies, max(1, threads // copies)))
+
+
 def case_four_cameras(a, broker, clip, threads):
     rounds = {"vigil": [], "vigil_swap": [], "vigil_batched": [], "python": [], "bare": [], "bare_parallel": []}
     swap_file = os.path.join(a.work, os.path.basename(a.batched_model).replace(".onnx", "-v2.onnx"))
@@ -446,9 +454,7 @@ def case_four_cameras(a, broker, clip, threads):
         f.write(data + bytes([(6 << 3) | 2, len(tag)]) + tag)
     py_threads = max(1, threads // 4)
     for _ in range(a.repeats):
-        rounds["bare"].append(bare(a, threads))
-        copies = min(4, threads)
-        rounds["bare_parallel"].append(bare_parallel(a, copies, max(1, threads // copies)))
+        bare_capacity(a, threads, rounds)
         # The four cameras as the Python processes run them (throughput,
         # shares, memory), then the same with a model swap mid-run.
         rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra))
@@ -475,10 +481,8 @@ def case_four_throughput(a, broker, clip, threads):
     """Only the four cameras' throughput against the two bare loops, round
     after round: cheap enough to repeat often on a VM whose speed drifts."""
     rounds = {"vigil": [], "bare": [], "bare_parallel": []}
-    copies = min(4, threads)
     for _ in range(a.repeats):
-        rounds["bare"].append(bare(a, threads))
-        rounds["bare_parallel"].append(bare_parallel(a, copies, max(1, threads // copies)))
+        bare_capacity(a, threads, rounds)
         rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra))
     return rounds
 
@@ -582,6 +586,16 @@ def paired(pairs):
     return statistics.median(x / b for x, b in pairs)
 
 
+def capacity_of(f):
+    """The limit of each round: the better of its two bare loops."""
+    return [max(x["fps"], y["fps"]) for x, y in zip(f["bare"], f["bare_parallel"])]
+
+
+def slowest_share(runs):
+    """The slowest camera's fps over its fair share, worst of the runs."""
+    return min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in runs)
+
+
 def report(r):
     m = r["machine"]
     print(f"\n# {r.get('model', '?')}; {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; "
@@ -612,14 +626,13 @@ def report(r):
     if "four_cameras" in r:
         f = r["four_cameras"]
         v, p = f["vigil"], f["python"]
-        share = min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in v)
+        share = slowest_share(v)
         bp_desc = f["bare_parallel"][0]
         rows.append((f"4 cameras: bare, 1 session x {threads_of(r)} threads fps", med(f["bare"], "fps"), None, "",
                      None, None))
         rows.append((f"4 cameras: bare, {bp_desc['copies']} sessions x {bp_desc['threads_each']} thread fps",
                      med(f["bare_parallel"], "fps"), None, "", None, None))
-        # The limit of each round: the better of its two bare loops.
-        capacity = [max(x["fps"], y["fps"]) for x, y in zip(f["bare"], f["bare_parallel"])]
+        capacity = capacity_of(f)
 
         def to_capacity(runs):
             return paired((x["fps"], c) for x, c in zip(runs, capacity))
@@ -649,14 +662,13 @@ def report(r):
         rows.append(("4 cameras: frames lost to the mid-run swaps", lost, None, "0", lost, None))
     if "four_fps" in r:
         f = r["four_fps"]
-        ratios = [x["fps"] / max(b["fps"], p["fps"]) for x, b, p in zip(f["vigil"], f["bare"], f["bare_parallel"])]
+        ratios = [x["fps"] / c for x, c in zip(f["vigil"], capacity_of(f))]
         rows.append((f"4 cameras, throughput alone, {len(ratios)} rounds: fps", med(f["vigil"], "fps"), None,
                      ">= 0.95 x bare", statistics.median(ratios), None))
         rows.append(("4 cameras, throughput alone: lowest round ratio", min(ratios), None, "", None, None))
         rows.append(("4 cameras, throughput alone: highest round ratio", max(ratios), None, "", None, None))
-        rows.append(("4 cameras, throughput alone: slowest camera / fair share",
-                     min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in f["vigil"]), None, ">= 0.8",
-                     None, None))
+        rows.append(("4 cameras, throughput alone: slowest camera / fair share", slowest_share(f["vigil"]), None,
+                     ">= 0.8", None, None))
     print(f"| {'measure':<50} | {'Vigil':>9} | {'Python':>9} | {'target':<22} | {'ratio':>7} | {'Py ratio':>8} |")
     print(f"|{'-' * 52}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 9}|{'-' * 10}|")
     for name, v, p, target, ratio, py_ratio in rows:

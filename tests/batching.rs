@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::*;
-use vigil_inference::{Detector, ImageView, ModelOptions, Prepared, RunScratch, Scratch};
+use vigil_inference::{Detector, ImageView, ModelOptions, Prediction, Prepared, RunScratch, Scratch};
 
 /// 640x480 RGB, dark and slightly textured, with a white disc at (cx, cy).
 fn frame_with_ball(cx: f32, cy: f32) -> Vec<u8> {
@@ -58,17 +58,7 @@ fn a_batch_gives_each_frame_what_a_run_on_it_alone_gives() {
         let together = detector.run_prepared(&items, &mut RunScratch::default()).expect("batched run");
         assert_eq!(together.len(), 3);
         for (i, ((batched, _), alone)) in together.iter().zip(&alone).enumerate() {
-            assert_eq!(batched.detections.len(), alone.detections.len(), "{what}, frame {i}");
-            for (b, a) in batched.detections.iter().zip(&alone.detections) {
-                let d = [
-                    b.bbox.x1 - a.bbox.x1,
-                    b.bbox.y1 - a.bbox.y1,
-                    b.bbox.x2 - a.bbox.x2,
-                    b.bbox.y2 - a.bbox.y2,
-                ];
-                assert!(d.iter().all(|d| d.abs() < 0.05), "{what}, frame {i}: {b:?} vs {a:?}");
-                assert!((b.score - a.score).abs() < 1e-3, "{what}, frame {i}: {b:?} vs {a:?}");
-            }
+            assert_same_detections(&format!("{what}, frame {i}"), batched, alone);
         }
     }
 
@@ -84,15 +74,9 @@ fn a_batch_gives_each_frame_what_a_run_on_it_alone_gives() {
     assert_eq!(one_at_a_time.batch_limit(), 1);
     let mut scratch = Scratch::default();
     for _ in 0..2 {
-        for (i, (v, a)) in views.iter().zip(&alone).enumerate() {
+        for (i, (v, alone)) in views.iter().zip(&alone).enumerate() {
             let p = one_at_a_time.detect(v, &mut scratch).expect("run").0;
-            assert_eq!(p.detections.len(), a.detections.len(), "one at a time, frame {i}");
-            for (b, a) in p.detections.iter().zip(&a.detections) {
-                assert!(
-                    (b.bbox.x1 - a.bbox.x1).abs() < 0.05 && (b.score - a.score).abs() < 1e-3,
-                    "{b:?} vs {a:?}"
-                );
-            }
+            assert_same_detections(&format!("one at a time, frame {i}"), &p, alone);
         }
     }
 
@@ -103,6 +87,16 @@ fn a_batch_gives_each_frame_what_a_run_on_it_alone_gives() {
     }
     let items: Vec<&Prepared> = five.iter().collect();
     assert!(fixed4.run_prepared(&items, &mut RunScratch::default()).is_err());
+}
+
+/// The same boxes (within 0.05 px) and scores (within 1e-3), in order.
+fn assert_same_detections(what: &str, got: &Prediction, expected: &Prediction) {
+    assert_eq!(got.detections.len(), expected.detections.len(), "{what}");
+    for (b, a) in got.detections.iter().zip(&expected.detections) {
+        let d = [b.bbox.x1 - a.bbox.x1, b.bbox.y1 - a.bbox.y1, b.bbox.x2 - a.bbox.x2, b.bbox.y2 - a.bbox.y2];
+        assert!(d.iter().all(|d| d.abs() < 0.05), "{what}: {b:?} vs {a:?}");
+        assert!((b.score - a.score).abs() < 1e-3, "{what}: {b:?} vs {a:?}");
+    }
 }
 
 #[test]
