@@ -169,6 +169,10 @@ fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
         assert_eq!(c["frames_processed"], frames_per_clip, "every frame analysed, swap or not: {c}");
         assert_eq!(c["frames_dropped_busy"], 0, "{c}");
         assert_eq!(c["inference_errors"], 0, "{c}");
+        // The last frame was analysed after it arrived (ages in whole ms,
+        // read one after the other: one ms of slack).
+        let (arrived, analysed) = (c["last_frame_age_ms"].as_u64(), c["last_processed_age_ms"].as_u64());
+        assert!(analysed.zip(arrived).is_some_and(|(p, f)| p <= f + 1), "{c}");
     }
     let m = &h["models"][0];
     assert_eq!(m["version"], 2, "{m}");

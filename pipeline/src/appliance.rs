@@ -32,7 +32,7 @@ use vigil_inference::{
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
 use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
-use crate::metrics::{StageMetrics, escape};
+use crate::metrics::{Progress, StageMetrics, escape};
 use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
 use crate::outbox::{Outbox, OutboxLimits};
@@ -68,7 +68,7 @@ struct CameraRuntime {
     failed: Option<String>,
     slot: Arc<FrameSlot>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
-    processed: Arc<AtomicU64>,
+    processed: Arc<Progress>,
     skipped_still: Arc<AtomicU64>,
     on_regions: Arc<AtomicU64>,
     motion_gating: bool,
@@ -160,6 +160,10 @@ pub struct CameraHealth {
     pub last_frame_age_ms: Option<u64>,
     pub frames_received: u64,
     pub frames_processed: u64,
+    /// Since a frame of this camera last went through the model (or, for a
+    /// camera without one, was taken): frames arriving while this grows mean
+    /// the model is not keeping up with, or skipping, this camera.
+    pub last_processed_age_ms: Option<u64>,
     /// Frames not inferred because nothing moved (motion gating); the live
     /// view still shows them, with the last boxes.
     pub frames_skipped_still: u64,
@@ -499,7 +503,7 @@ impl Appliance {
                 failed,
                 slot: slot.clone(),
                 latest: Arc::new(Mutex::new(None)),
-                processed: Arc::new(AtomicU64::new(0)),
+                processed: Arc::default(),
                 skipped_still: Arc::new(AtomicU64::new(0)),
                 on_regions: Arc::new(AtomicU64::new(0)),
                 motion_gating: gate.is_some(),
@@ -939,7 +943,8 @@ impl Appliance {
                     last_error,
                     last_frame_age_ms: age,
                     frames_received: received,
-                    frames_processed: c.processed.load(Ordering::Relaxed),
+                    frames_processed: c.processed.count(),
+                    last_processed_age_ms: c.processed.age().map(|a| a.as_millis() as u64),
                     frames_skipped_still: c.skipped_still.load(Ordering::Relaxed),
                     frames_on_regions: c.on_regions.load(Ordering::Relaxed),
                     motion_gating: c.motion_gating,
@@ -1089,7 +1094,7 @@ struct Worker {
     detections_tx: Option<mpsc::Sender<Vec<u8>>>,
     status: Arc<MqttStatus>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
-    processed: Arc<AtomicU64>,
+    processed: Arc<Progress>,
     skipped_still: Arc<AtomicU64>,
     on_regions: Arc<AtomicU64>,
     gate: Option<crate::motion::MotionGate>,
@@ -1174,7 +1179,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                     (w.model_slot.as_ref().map(|s| s.current()), w.submitter.is_some())
                 else {
                     // A camera that is only watched: keep its newest frame for snapshots.
-                    w.processed.fetch_add(1, Ordering::Relaxed);
+                    w.processed.record();
                     *w.latest.lock() =
                         Some(Arc::new(Processed { frame, prediction: Prediction::default(), model: None }));
                     continue;
@@ -1278,7 +1283,7 @@ impl Worker {
                 d.bbox = BBox { x1: d.bbox.x1 + x, y1: d.bbox.y1 + y, x2: d.bbox.x2 + x, y2: d.bbox.y2 + y };
             }
         }
-        self.processed.fetch_add(1, Ordering::Relaxed);
+        self.processed.record();
         self.stages.preprocess.observe(timings.preprocess.as_secs_f64());
         self.stages.inference.observe(timings.run.as_secs_f64());
         self.stages.postprocess.observe(timings.postprocess.as_secs_f64());
