@@ -105,7 +105,17 @@ pub(crate) struct Resizers {
     rgb: ResizeScratch,
     planes: [ResizeScratch; 3],
     resized: [Vec<u8>; 3],
-    rgb_row: Vec<u8>,
+    /// One converted row of I420, red, green and blue apart.
+    rgb_rows: [Vec<u8>; 3],
+}
+
+/// One row of the resized image: packed RGB (from RGB frames), or red,
+/// green and blue apart (from I420 frames: an NCHW tensor takes them as
+/// they are).
+#[derive(Debug, Clone, Copy)]
+enum Pixels<'a> {
+    Packed(&'a [u8]),
+    Planar([&'a [u8]; 3]),
 }
 
 /// Where a YUV plane's rows come from during one fill.
@@ -151,7 +161,7 @@ impl InputPlan {
     /// Writes `img` into `buf` (resized to the plan's input) and returns where it landed.
     pub(crate) fn fill(&self, img: &ImageView<'_>, buf: &mut InputBuffers) -> Geometry {
         self.fill_with(img.width, img.height, buf, |new_w, new_h, r, emit| {
-            resize_rows(img, new_w, new_h, &mut r.rgb, emit);
+            resize_rows(img, new_w, new_h, &mut r.rgb, |y, row| emit(y, Pixels::Packed(row)));
         })
     }
 
@@ -203,17 +213,21 @@ impl InputPlan {
                 }
             };
             let half_chroma = matches!(how[1], Rows::Source { shift: 1 });
-            let mut rgb_row = std::mem::take(&mut r.rgb_row);
-            rgb_row.resize(new_w * 3, 0);
-            for y in 0..new_h {
-                if half_chroma {
-                    convert.row::<1>(row(0, y), row(1, y), row(2, y), &mut rgb_row);
-                } else {
-                    convert.row::<0>(row(0, y), row(1, y), row(2, y), &mut rgb_row);
-                }
-                emit(y, &rgb_row);
+            let mut rgb_rows = std::mem::take(&mut r.rgb_rows);
+            for plane in &mut rgb_rows {
+                plane.resize(new_w, 0);
             }
-            r.rgb_row = rgb_row;
+            for y in 0..new_h {
+                let [red, green, blue] = &mut rgb_rows;
+                let out = [&mut red[..], &mut green[..], &mut blue[..]];
+                if half_chroma {
+                    convert.planes::<1>(row(0, y), row(1, y), row(2, y), out);
+                } else {
+                    convert.planes::<0>(row(0, y), row(1, y), row(2, y), out);
+                }
+                emit(y, Pixels::Planar([&rgb_rows[0], &rgb_rows[1], &rgb_rows[2]]));
+            }
+            r.rgb_rows = rgb_rows;
         })
     }
 
@@ -224,7 +238,7 @@ impl InputPlan {
         width: u32,
         height: u32,
         buf: &mut InputBuffers,
-        rows: impl FnOnce(usize, usize, &mut Resizers, &mut dyn FnMut(usize, &[u8])),
+        rows: impl FnOnce(usize, usize, &mut Resizers, &mut dyn FnMut(usize, Pixels<'_>)),
     ) -> Geometry {
         let (in_w, in_h) = self.input_size_for(width, height);
         let geometry = match self.resize {
@@ -377,28 +391,55 @@ impl Sink {
         }
     }
 
-    /// Writes one packed RGB row at (left, y), converting each byte with `f`.
+    /// Writes one row of pixels at (left, y), converting each byte with `f`.
     #[inline]
-    fn row<T: Copy>(&self, out: &mut [T], left: usize, y: usize, row: &[u8], f: impl Fn(usize, u8) -> T) {
-        let n = row.len() / 3;
-        match self.layout {
-            Layout::Nchw => {
+    fn row<T: Copy>(
+        &self,
+        out: &mut [T],
+        left: usize,
+        y: usize,
+        row: Pixels<'_>,
+        f: impl Fn(usize, u8) -> T,
+    ) {
+        match (self.layout, row) {
+            (Layout::Nchw, _) => {
                 let plane = self.w * self.h;
                 let at = y * self.w + left;
                 for c in 0..3 {
                     let ch = self.channel(c);
-                    let dst = &mut out[ch * plane + at..ch * plane + at + n];
-                    for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
-                        *d = f(c, px[c]);
+                    match row {
+                        Pixels::Packed(row) => {
+                            let dst = &mut out[ch * plane + at..ch * plane + at + row.len() / 3];
+                            for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
+                                *d = f(c, px[c]);
+                            }
+                        }
+                        Pixels::Planar(planes) => {
+                            let src = planes[c];
+                            let dst = &mut out[ch * plane + at..ch * plane + at + src.len()];
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = f(c, v);
+                            }
+                        }
                     }
                 }
             }
-            Layout::Nhwc => {
+            (Layout::Nhwc, Pixels::Packed(row)) => {
                 let at = (y * self.w + left) * 3;
-                let dst = &mut out[at..at + n * 3];
+                let dst = &mut out[at..at + row.len()];
                 for (d, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
                     for c in 0..3 {
                         d[self.channel(c)] = f(c, px[c]);
+                    }
+                }
+            }
+            (Layout::Nhwc, Pixels::Planar([r, g, b])) => {
+                let n = r.len().min(g.len()).min(b.len());
+                let at = (y * self.w + left) * 3;
+                let dst = &mut out[at..at + n * 3];
+                for (i, d) in dst.chunks_exact_mut(3).enumerate() {
+                    for (c, v) in [r[i], g[i], b[i]].into_iter().enumerate() {
+                        d[self.channel(c)] = f(c, v);
                     }
                 }
             }
@@ -619,23 +660,33 @@ mod tests {
                     &mut rgb[row * w * 3..(row + 1) * w * 3],
                 );
             }
-            let mut p = plan(Layout::Nhwc, InputType::Uint8, resize, ColorOrder::Rgb);
-            p.size = Some(size);
-            let (mut from_rgb, mut from_yuv) = (InputBuffers::default(), InputBuffers::default());
-            let g1 = p.fill(&ImageView::new(&rgb, w as u32, h as u32, w * 3).expect("rgb"), &mut from_rgb);
-            let g2 = p.fill_i420(&view, &mut from_yuv);
-            assert_eq!(g1, g2);
-            let worst = from_rgb
-                .u8
-                .iter()
-                .zip(&from_yuv.u8)
-                .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-                .max();
-            assert!(worst.is_some_and(|d| d <= 3), "{w}x{h} {resize:?}: differs by up to {worst:?} levels");
-            let mean =
-                from_rgb.u8.iter().zip(&from_yuv.u8).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
-                    / from_rgb.u8.len() as f64;
-            assert!(mean < 0.5, "{w}x{h} {resize:?}: differs by {mean} levels on average");
+            // Packed (NHWC) and planar (NCHW, which I420 fills channel by
+            // channel), in either colour order.
+            for (layout, color) in [
+                (Layout::Nhwc, ColorOrder::Rgb),
+                (Layout::Nchw, ColorOrder::Rgb),
+                (Layout::Nchw, ColorOrder::Bgr),
+            ] {
+                let mut p = plan(layout, InputType::Uint8, resize, color);
+                p.size = Some(size);
+                let (mut from_rgb, mut from_yuv) = (InputBuffers::default(), InputBuffers::default());
+                let g1 =
+                    p.fill(&ImageView::new(&rgb, w as u32, h as u32, w * 3).expect("rgb"), &mut from_rgb);
+                let g2 = p.fill_i420(&view, &mut from_yuv);
+                assert_eq!(g1, g2);
+                let what = format!("{w}x{h} {resize:?} {layout:?} {color:?}");
+                let worst = from_rgb
+                    .u8
+                    .iter()
+                    .zip(&from_yuv.u8)
+                    .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+                    .max();
+                assert!(worst.is_some_and(|d| d <= 3), "{what}: differs by up to {worst:?} levels");
+                let mean =
+                    from_rgb.u8.iter().zip(&from_yuv.u8).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
+                        / from_rgb.u8.len() as f64;
+                assert!(mean < 0.5, "{what}: differs by {mean} levels on average");
+            }
         }
     }
 }
