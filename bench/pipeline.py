@@ -615,19 +615,23 @@ def paired(pairs):
     return statistics.median(x / b for x, b in pairs)
 
 
+def best_bare(f):
+    """The better of each round's two bare loops."""
+    return [max(x, y, key=lambda b: b["fps"]) for x, y in zip(f["bare"], f["bare_parallel"])]
+
+
 def capacity_of(f):
-    """The limit of each round: the better of its two bare loops."""
-    return [max(x["fps"], y["fps"]) for x, y in zip(f["bare"], f["bare_parallel"])]
+    """The limit of each round: the throughput of its better bare loop."""
+    return [b["fps"] for b in best_bare(f)]
 
 
 def cpu_limit(f):
-    """The best bare loop's CPU per run over Vigil's CPU per frame (medians
-    of the rounds). When the runs keep every core busy, as the bare loops
-    do, Vigil's throughput can be at most this fraction of theirs: what is
-    left of the ratio is the work the bare loop does not do (decoding,
-    preprocessing, events), not waiting."""
-    best = [max(x, y, key=lambda b: b["fps"]) for x, y in zip(f["bare"], f["bare_parallel"])]
-    return paired((b["cpu_s_per_run"], x["cpu_s_per_frame"]) for x, b in zip(f["vigil"], best))
+    """The better bare loop's CPU per run over Vigil's CPU per frame, round
+    by round (the median of those ratios). When the runs keep every core
+    busy, as the bare loops do, Vigil's throughput can be at most this
+    fraction of theirs: what is left of the ratio is the work the bare loop
+    does not do (decoding, preprocessing, events), not waiting."""
+    return paired((b["cpu_s_per_run"], x["cpu_s_per_frame"]) for x, b in zip(f["vigil"], best_bare(f)))
 
 
 def slowest_share(runs):
