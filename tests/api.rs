@@ -168,6 +168,9 @@ fn every_route_answers_with_its_token_and_refuses_without() {
     let get = |p: &str| http_full("GET", &url(p), &[("Authorization", &auth)], None);
 
     // /metrics: Prometheus text with the numbers the issue names.
+    wait_until(Duration::from_secs(30), "a frame through the model", || {
+        camera_health(&v, "cam1")["frames_processed"].as_u64() > Some(0)
+    });
     let (status, headers, body) = get("/metrics");
     assert_eq!(status, 200);
     assert!(headers["content-type"].starts_with("text/plain"));
@@ -184,6 +187,13 @@ fn every_route_answers_with_its_token_and_refuses_without() {
         "provider=\"CPUExecutionProvider\"",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+    // A streaming camera's frames are fresh, through the model as well.
+    for stage in ["received", "processed"] {
+        let key = format!("vigil_camera_last_frame_age_seconds{{camera=\"cam1\",stage=\"{stage}\"}} ");
+        let age: Option<f64> =
+            text.lines().find_map(|l| l.strip_prefix(key.as_str())).and_then(|v| v.parse().ok());
+        assert!(age.is_some_and(|a| (0.0..10.0).contains(&a)), "{key}: {age:?}\n{text}");
     }
     // The same through the cookie, as the web page reads it.
     assert_eq!(http_full("GET", &url("/metrics"), &[("Cookie", &cookie)], None).0, 200);

@@ -812,8 +812,23 @@ impl Appliance {
         );
         help(&mut o, "vigil_camera_up", "gauge", "1 when the camera is streaming.");
         help(&mut o, "vigil_inference_errors_total", "counter", "Frames the model failed on.");
+        help(
+            &mut o,
+            "vigil_camera_last_frame_age_seconds",
+            "gauge",
+            "Since the camera's last frame: received from the decoder, processed by the model (absent before the first).",
+        );
         for c in &h.cameras {
             let n = escape(&c.name);
+            for (stage, age) in [("received", c.last_frame_age_ms), ("processed", c.last_processed_age_ms)] {
+                if let Some(ms) = age {
+                    let _ = writeln!(
+                        o,
+                        "vigil_camera_last_frame_age_seconds{{camera=\"{n}\",stage=\"{stage}\"}} {:.3}",
+                        ms as f64 / 1e3
+                    );
+                }
+            }
             let _ = writeln!(o, "vigil_camera_reconnects_total{{camera=\"{n}\"}} {}", c.reconnects);
             let _ = writeln!(
                 o,
