@@ -20,12 +20,14 @@
 
 mod error;
 mod frame;
+mod progress;
 mod reader;
 mod source;
 mod supervisor;
 
 pub use error::CameraError;
 pub use frame::{Frame, FrameSlot, I420Planes, YuvMatrix, packed_rgb};
+pub use progress::Progress;
 pub use reader::FrameReader;
 pub use source::{Source, V4l2Mode, redact};
 pub use supervisor::{

@@ -9,7 +9,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use parking_lot::{Condvar, Mutex};
 
-use crate::{CameraError, Frame, FrameSlot, Source};
+use crate::{CameraError, Frame, FrameSlot, Progress, Source};
 
 /// How a camera is run and watched.
 #[derive(Debug, Clone)]
@@ -135,13 +135,11 @@ impl CameraState {
 /// (health, metrics).
 #[derive(Debug)]
 pub struct CameraStats {
-    frames_received: AtomicU64,
+    /// Frames received, and when the newest came.
+    frames: Progress,
     /// Frames `videorate` dropped to honour the camera's fps limit.
     frames_dropped_rate: AtomicU64,
     reconnects: AtomicU64,
-    /// Nanoseconds after `epoch` of the newest frame; 0 = none yet.
-    last_frame_ns: AtomicU64,
-    epoch: Instant,
     status: Mutex<(CameraState, Option<String>)>,
     frame_size: Mutex<Option<(u32, u32)>>,
 }
@@ -165,11 +163,9 @@ pub struct CameraStatus {
 impl CameraStats {
     fn new() -> CameraStats {
         CameraStats {
-            frames_received: AtomicU64::new(0),
+            frames: Progress::default(),
             frames_dropped_rate: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            last_frame_ns: AtomicU64::new(0),
-            epoch: Instant::now(),
             status: Mutex::new((CameraState::Starting, None)),
             frame_size: Mutex::new(None),
         }
@@ -185,13 +181,6 @@ impl CameraStats {
 
     fn state(&self) -> CameraState {
         self.status.lock().0
-    }
-
-    fn last_frame_at(&self) -> Option<Instant> {
-        match self.last_frame_ns.load(Ordering::Acquire) {
-            0 => None,
-            ns => Some(self.epoch + Duration::from_nanos(ns)),
-        }
     }
 }
 
@@ -274,8 +263,8 @@ impl Camera {
         CameraStatus {
             state,
             last_error,
-            last_frame_age: self.stats.last_frame_at().map(|t| t.elapsed()),
-            frames_received: self.stats.frames_received.load(Ordering::Relaxed),
+            last_frame_age: self.stats.frames.age(),
+            frames_received: self.stats.frames.count(),
             frames_dropped: self.slot.dropped(),
             frames_dropped_rate: self.stats.frames_dropped_rate.load(Ordering::Relaxed),
             reconnects: self.stats.reconnects.load(Ordering::Relaxed),
@@ -557,10 +546,7 @@ fn run_pipeline(
                         }
                         None => frame,
                     };
-                    stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .last_frame_ns
-                        .store(now.duration_since(stats.epoch).as_nanos().max(1) as u64, Ordering::Release);
+                    stats.frames.record_at(now);
                     *stats.frame_size.lock() = Some((frame.width(), frame.height()));
                     if lossless {
                         // Backpressure: the decoder waits for the model.
@@ -662,7 +648,7 @@ fn watch(
             stats.set_state(CameraState::Streaming);
             tracing::info!("camera streaming");
         }
-        let age = stats.last_frame_at().map(|t| t.elapsed()).unwrap_or_default();
+        let age = stats.frames.age().unwrap_or_default();
         if age > options.stall_timeout {
             let error = format!("no frame for {:.1} s (stall timeout)", age.as_secs_f64());
             stats.set_error(CameraState::Stalled, error.clone());

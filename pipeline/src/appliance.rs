@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use vigil_camera::{Camera, Frame, FrameSlot};
+use vigil_camera::{Camera, Frame, FrameSlot, Progress};
 use vigil_inference::{
     BBox, Detector, I420View, ImageView, ModelInfo, Prediction, Prepared, YuvMatrix, runtime,
 };
@@ -32,7 +32,7 @@ use vigil_inference::{
 use crate::config::LoadedConfig;
 use crate::event::DetectionsEvent;
 use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
-use crate::metrics::{Progress, StageMetrics, escape};
+use crate::metrics::{StageMetrics, escape};
 use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
 use crate::outbox::{Outbox, OutboxLimits};

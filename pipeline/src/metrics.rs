@@ -4,7 +4,6 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 /// Upper bounds in seconds, from 0.5 ms to 5 s.
 pub const BUCKETS: [f64; 13] =
@@ -55,43 +54,6 @@ impl Histogram {
     }
 }
 
-/// A count of frames with the time of the last one: the health page's
-/// `frames_processed` and `last_processed_age_ms`. Two relaxed atomics, so
-/// the worker pays nothing to keep it; the time is only ever read as an age.
-#[derive(Debug)]
-pub struct Progress {
-    epoch: Instant,
-    count: AtomicU64,
-    /// Nanoseconds after `epoch`, plus one (0: nothing yet).
-    last_ns: AtomicU64,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress { epoch: Instant::now(), count: AtomicU64::new(0), last_ns: AtomicU64::new(0) }
-    }
-}
-
-impl Progress {
-    pub fn record(&self) {
-        let ns = self.epoch.elapsed().as_nanos() as u64 + 1;
-        self.last_ns.store(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Time since the last [`Progress::record`]; `None` before the first.
-    pub fn age(&self) -> Option<Duration> {
-        match self.last_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(ns - 1))),
-        }
-    }
-}
-
 /// Per-camera stage timings.
 #[derive(Debug, Default)]
 pub struct StageMetrics {
@@ -126,20 +88,6 @@ pub fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_counts_and_ages_from_the_last_record() {
-        let p = Progress::default();
-        assert_eq!((p.count(), p.age()), (0, None));
-        p.record();
-        let first = p.age().expect("recorded");
-        std::thread::sleep(Duration::from_millis(20));
-        let later = p.age().expect("recorded");
-        assert!(later >= first + Duration::from_millis(20), "{first:?} then {later:?}");
-        p.record();
-        assert_eq!(p.count(), 2);
-        assert!(p.age().expect("recorded") < later, "a new record resets the age");
-    }
 
     #[test]
     fn renders_cumulative_buckets() {
