@@ -12,7 +12,7 @@
 # cameras with a model swap mid-run, a still scene with motion gating on and
 # off. Prints a table; the JSON goes to
 # .vigil/bench/pipeline-yolov8<size>.json. Takes
-# about eleven minutes on two cores. Nothing is left running afterwards.
+# about thirteen minutes on two cores. Nothing is left running afterwards.
 set -euo pipefail
 SIZE=n
 ARGS=()

@@ -219,13 +219,12 @@ fn read_facts_with(
         }
         // ONNX Runtime's intra-op workers spin between operators, which a
         // run needs, and go on spinning after it has returned, which nothing
-        // needs: a camera at 10 fps on two threads kept the worker spinning
-        // about 30 ms after every run (ONNX Runtime's CPU 85-95 ms per run
-        // instead of 55-65), time taken from decoders and other cameras.
-        // Stopping the spin when the last run returns, as this does, costs
-        // nothing measurable: the next run restarts it (one camera flat out,
-        // four pairs: the same throughput; 10 runs a second beside a
-        // decoder, interleaved: median 33.2 vs 34.6 ms, p99 52.9 vs 57.0).
+        // needs: with one camera at 10 fps on two threads the second thread
+        // spun some 30 ms after every run, CPU taken from the decoders and
+        // the other cameras. Stopped when the last run returns (the next
+        // run restarts it), Vigil's CPU per frame fell from 102-122 ms to
+        // 70-78 and the capture-to-publish p99 fell too, in each of six
+        // interleaved pairs; flat out, the throughput is the same.
         b = b.with_config_entry("session.force_spinning_stop", "1").map_err(|e| load_err(e.to_string()))?;
         // ONNX Runtime's memory pattern lays out every intermediate tensor
         // of a run in one block, planned from the first run of each input
