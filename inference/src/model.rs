@@ -225,6 +225,7 @@ fn read_facts_with(
         // run restarts it), Vigil's CPU per frame fell from 102-122 ms to
         // 70-78 and the capture-to-publish p99 fell too, in each of six
         // interleaved pairs; flat out, the throughput is the same.
+        // inference/tests/idle_spin.rs checks a loaded model idles for free.
         b = b.with_config_entry("session.force_spinning_stop", "1").map_err(|e| load_err(e.to_string()))?;
         // ONNX Runtime's memory pattern lays out every intermediate tensor
         // of a run in one block, planned from the first run of each input
