@@ -127,6 +127,26 @@ impl YuvToRgb {
         y: &[u8],
         u: &[u8],
         v: &[u8],
+        out: [&mut [u8]; 3],
+    ) {
+        crate::simd::dispatch!(
+            self.planes_avx2::<CHROMA_SHIFT>(y, u, v, out),
+            self.planes_portable::<CHROMA_SHIFT>(y, u, v, out)
+        )
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn planes_avx2<const CHROMA_SHIFT: usize>(&self, y: &[u8], u: &[u8], v: &[u8], out: [&mut [u8]; 3]) {
+        self.planes_portable::<CHROMA_SHIFT>(y, u, v, out)
+    }
+
+    #[inline(always)]
+    fn planes_portable<const CHROMA_SHIFT: usize>(
+        &self,
+        y: &[u8],
+        u: &[u8],
+        v: &[u8],
         [r_out, g_out, b_out]: [&mut [u8]; 3],
     ) {
         let n = r_out.len().min(g_out.len()).min(b_out.len());

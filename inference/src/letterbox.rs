@@ -127,6 +127,32 @@ pub(crate) fn resize_plane_rows<const C: usize>(
     dst_w: usize,
     dst_h: usize,
     scratch: &mut ResizeScratch,
+    emit: impl FnMut(usize, &[u8]),
+) {
+    crate::simd::dispatch!(
+        resize_plane_rows_avx2::<C>(src, dst_w, dst_h, scratch, emit),
+        resize_plane_rows_portable::<C>(src, dst_w, dst_h, scratch, emit)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn resize_plane_rows_avx2<const C: usize>(
+    src: &Plane<'_>,
+    dst_w: usize,
+    dst_h: usize,
+    scratch: &mut ResizeScratch,
+    emit: impl FnMut(usize, &[u8]),
+) {
+    resize_plane_rows_portable::<C>(src, dst_w, dst_h, scratch, emit)
+}
+
+#[inline(always)]
+fn resize_plane_rows_portable<const C: usize>(
+    src: &Plane<'_>,
+    dst_w: usize,
+    dst_h: usize,
+    scratch: &mut ResizeScratch,
     mut emit: impl FnMut(usize, &[u8]),
 ) {
     let (sw, sh) = (src.width as usize, src.height as usize);
@@ -247,6 +273,7 @@ fn plan_horizontal<const C: usize>(
 /// Makes sure the horizontally resized source rows `r0` and `r1` are in the
 /// two-row cache (each source row serves about two output rows) and returns
 /// their cache indices.
+#[inline(always)]
 fn horizontal_rows<const C: usize>(
     s: &mut ResizeScratch,
     src: &Plane<'_>,
@@ -273,6 +300,7 @@ fn horizontal_rows<const C: usize>(
 /// Horizontal pass for one source row: `out[dx*C + c] = S[sx*C + c] * a0 + S[sx*C + C + c] * a1`.
 /// Output columns whose left neighbour is the last source pixel take it with
 /// weight 1 (OpenCV's `xmax` split), so the main loop has no branch.
+#[inline(always)]
 fn hresize<const C: usize>(row: &[u8], xofs: &[usize], alpha: &[[i32; 2]], out: &mut [i32]) {
     let last = row.len() / C - 1;
     // xofs is non-decreasing: every column from `split` on sits on the last pixel.

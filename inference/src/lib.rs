@@ -30,6 +30,7 @@ mod plan;
 mod preprocess;
 mod provider;
 pub mod runtime;
+mod simd;
 
 pub use decode::DecoderKind;
 pub use error::InferenceError;

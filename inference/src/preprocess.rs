@@ -401,6 +401,31 @@ impl Sink {
         row: Pixels<'_>,
         f: impl Fn(usize, u8) -> T,
     ) {
+        crate::simd::dispatch!(self.row_avx2(out, left, y, row, f), self.row_portable(out, left, y, row, f))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn row_avx2<T: Copy>(
+        &self,
+        out: &mut [T],
+        left: usize,
+        y: usize,
+        row: Pixels<'_>,
+        f: impl Fn(usize, u8) -> T,
+    ) {
+        self.row_portable(out, left, y, row, f)
+    }
+
+    #[inline(always)]
+    fn row_portable<T: Copy>(
+        &self,
+        out: &mut [T],
+        left: usize,
+        y: usize,
+        row: Pixels<'_>,
+        f: impl Fn(usize, u8) -> T,
+    ) {
         match (self.layout, row) {
             (Layout::Nchw, _) => {
                 let plane = self.w * self.h;
@@ -611,6 +636,61 @@ mod tests {
         let full = YuvToRgb::new(crate::YuvMatrix::Bt709, true);
         full.row::<0>(&[0, 255, 128], &[128, 128, 128], &[128, 128, 128], &mut rgb[..9]);
         assert_eq!(&rgb[..9], &[0, 0, 0, 255, 255, 255, 128, 128, 128]);
+    }
+
+    /// The AVX2 and the portable compilations of the per-pixel loops
+    /// (resizing, YUV to RGB, tensor writing) fill bit-identical tensors,
+    /// from I420 and RGB, at exact and arbitrary scales.
+    #[test]
+    fn vector_and_portable_loops_fill_identical_tensors() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 24) as u8
+                })
+                .collect()
+        };
+        for (w, h) in [(1280usize, 720usize), (640, 480), (641, 479), (1920, 1080), (333, 517)] {
+            let rgb = noise(w * h * 3);
+            let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+            let (y, u, v) = (noise(w * h), noise(cw * ch), noise(cw * ch));
+            let i420 = I420View::new(
+                (&y, w),
+                (&u, cw),
+                (&v, cw),
+                w as u32,
+                h as u32,
+                crate::YuvMatrix::Bt709,
+                false,
+            )
+            .expect("view");
+            let packed = ImageView::new(&rgb, w as u32, h as u32, w * 3).expect("rgb");
+            for (layout, dtype) in [(Layout::Nchw, InputType::Float32), (Layout::Nhwc, InputType::Uint8)] {
+                let mut p = plan(layout, dtype, ResizeMode::Letterbox, ColorOrder::Rgb);
+                p.size = Some((640, 640));
+                let fill_both = |buf: &mut InputBuffers| {
+                    p.fill(&packed, buf);
+                    let from_rgb = (buf.f32.clone(), buf.u8.clone());
+                    p.fill_i420(&i420, buf);
+                    (from_rgb, (buf.f32.clone(), buf.u8.clone()))
+                };
+                let vector = fill_both(&mut InputBuffers::default());
+                let portable = crate::simd::portable_only(|| fill_both(&mut InputBuffers::default()));
+                let bits = |t: &(Vec<f32>, Vec<u8>)| {
+                    (t.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), t.1.clone())
+                };
+                assert!(
+                    bits(&vector.0) == bits(&portable.0),
+                    "{w}x{h} RGB, {layout:?}: the two loops differ"
+                );
+                assert!(
+                    bits(&vector.1) == bits(&portable.1),
+                    "{w}x{h} I420, {layout:?}: the two loops differ"
+                );
+            }
+        }
     }
 
     /// Resizing the planes and then converting gives the tensor that
