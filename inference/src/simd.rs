@@ -9,7 +9,8 @@
 
 /// Runs `$avx2` when this CPU has AVX2 and FMA, `$portable` otherwise. `$avx2`
 /// must be a call to a `#[target_feature(enable = "avx2,fma")]` function that
-/// does what `$portable` does.
+/// does what `$portable` does. It returns from the enclosing function, so it
+/// is meant to be that function's whole body.
 macro_rules! dispatch {
     ($avx2:expr, $portable:expr) => {{
         #[cfg(target_arch = "x86_64")]
