@@ -352,20 +352,27 @@ def reference_result(p):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bare(a, threads, n=60):
-    """session.run alone on one preprocessed frame: the model's limit."""
+def bare_session(a, threads):
+    """One session of the model with `threads` intra-op threads, warmed up on
+    one frame of the model's input size: returns a call that runs it on it."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     s = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
     inp = s.get_inputs()[0]
-    x = np.random.default_rng(0).random([1, 3, inp.shape[2], inp.shape[3]], dtype=np.float32)
+    feed = {inp.name: np.random.default_rng(0).random([1, 3, inp.shape[2], inp.shape[3]], dtype=np.float32)}
     for _ in range(5):
-        s.run(None, {inp.name: x})
+        s.run(None, feed)
+    return lambda: s.run(None, feed)
+
+
+def bare(a, threads, n=60):
+    """session.run alone on one preprocessed frame: the model's limit."""
+    run = bare_session(a, threads)
     times = []
     cpu0 = time.process_time()
     for _ in range(n):
         t = time.perf_counter()
-        s.run(None, {inp.name: x})
+        run()
         times.append(time.perf_counter() - t)
     cpu = time.process_time() - cpu0
     med = statistics.median(times)
@@ -378,19 +385,13 @@ def bare_paced(a, threads, rate=10.0, n=590):
     machine, with no decoding, preprocessing or publishing beside it. Its p99
     over the back-to-back median is the most the live p99 target can be met
     by: a pipeline can only add to it."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    s = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-    inp = s.get_inputs()[0]
-    x = np.random.default_rng(0).random([1, 3, inp.shape[2], inp.shape[3]], dtype=np.float32)
-    for _ in range(5):
-        s.run(None, {inp.name: x})
+    run = bare_session(a, threads)
     times = []
     next_at = time.monotonic()
     for _ in range(n):
         next_at += 1 / rate
         t = time.perf_counter()
-        s.run(None, {inp.name: x})
+        run()
         times.append((time.perf_counter() - t) * 1e3)
         time.sleep(max(0.0, next_at - time.monotonic()))
     return {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": n}
