@@ -621,6 +621,14 @@ mod tests {
         (y_plane, u_plane, v_plane)
     }
 
+    /// Tightly packed I420 planes of a w x h frame, read as HD video is
+    /// (BT.709, limited range).
+    fn hd_view<'a>(y: &'a [u8], u: &'a [u8], v: &'a [u8], w: usize, h: usize) -> I420View<'a> {
+        let cw = w.div_ceil(2);
+        I420View::new((y, w), (u, cw), (v, cw), w as u32, h as u32, crate::YuvMatrix::Bt709, false)
+            .expect("view")
+    }
+
     #[test]
     fn yuv_conversion_hits_the_reference_colours() {
         let limited = YuvToRgb::new(crate::YuvMatrix::Bt601, false);
@@ -656,16 +664,7 @@ mod tests {
             let rgb = noise(w * h * 3);
             let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
             let (y, u, v) = (noise(w * h), noise(cw * ch), noise(cw * ch));
-            let i420 = I420View::new(
-                (&y, w),
-                (&u, cw),
-                (&v, cw),
-                w as u32,
-                h as u32,
-                crate::YuvMatrix::Bt709,
-                false,
-            )
-            .expect("view");
+            let i420 = hd_view(&y, &u, &v, w, h);
             let packed = ImageView::new(&rgb, w as u32, h as u32, w * 3).expect("rgb");
             for (layout, dtype) in [(Layout::Nchw, InputType::Float32), (Layout::Nhwc, InputType::Uint8)] {
                 let mut p = plan(layout, dtype, ResizeMode::Letterbox, ColorOrder::Rgb);
@@ -708,16 +707,7 @@ mod tests {
         ] {
             let (y, u, v) = i420_picture(w, h);
             let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-            let view = I420View::new(
-                (&y, w),
-                (&u, cw),
-                (&v, cw),
-                w as u32,
-                h as u32,
-                crate::YuvMatrix::Bt709,
-                false,
-            )
-            .expect("view");
+            let view = hd_view(&y, &u, &v, w, h);
             // The whole frame converted to RGB, chroma upsampled bilinearly
             // first, as a colour converter hands it over.
             let conv = YuvToRgb::new(crate::YuvMatrix::Bt709, false);
