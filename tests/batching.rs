@@ -101,44 +101,59 @@ fn assert_same_detections(what: &str, got: &Prediction, expected: &Prediction) {
 
 #[test]
 fn four_cameras_share_one_model_in_batches_and_a_swap_loses_no_frame() {
-    let (runs, frames_run) = four_cameras_with_a_swap("batch = 4\nsessions = 1\nthreads = 2", 1);
+    let m = cameras_with_a_swap(4, "batch = 4\nsessions = 1\nthreads = 2", 1);
+    let (runs, frames_run) =
+        (m["runs"].as_u64().expect("runs"), m["frames_run"].as_u64().expect("frames_run"));
     assert!(frames_run as f64 >= 1.5 * runs as f64, "frames were batched: {frames_run} frames, {runs} runs");
 }
 
 #[test]
 fn four_cameras_on_side_by_side_sessions_lose_no_frame_to_a_swap() {
-    four_cameras_with_a_swap("sessions = 2\nthreads = 1", 2);
+    cameras_with_a_swap(4, "sessions = 2\nthreads = 1", 2);
 }
 
-/// Four lossless cameras on one model configured by `model_extra`, a swap
-/// to v2 mid-run: every frame analysed, by v1 then v2 per camera. Returns
-/// the model's runs and the frames they took.
-fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
+/// One camera whose frames come faster than the model runs them: its model
+/// gets two lanes (planned for one camera with two threads), its queued
+/// frames run side by side, and it still gets every frame analysed, in
+/// order, a swap included (the new version loads its own lanes).
+#[test]
+fn one_camera_runs_queued_frames_on_lanes_in_order_and_a_swap_loses_no_frame() {
+    let m = cameras_with_a_swap(1, "threads = 2", 1);
+    assert_eq!(m["lanes"], 2, "{m}");
+    // Decoding a 320x240 clip takes a fraction of a 640x640 run: the frames queue.
+    assert_eq!(m["lanes_ready"], true, "{m}");
+    assert!(m["lane_runs"].as_u64().is_some_and(|n| n > 0), "{m}");
+    println!("lanes: {} of {} runs", m["lane_runs"], m["runs"]);
+}
+
+/// `cameras` lossless cameras on one model configured by `model_extra`, a
+/// swap to v2 mid-run: every frame analysed, by v1 then v2 per camera, in
+/// frame order. Returns the model's health.
+fn cameras_with_a_swap(cameras: usize, model_extra: &str, sessions: u64) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = dir.path().join("ball.mp4");
-    let frames_per_clip = 300;
+    // 1200 frames in all: long enough for a swap to land mid-run.
+    let frames_per_clip = 1200 / cameras as u32;
     make_clip(&clip, frames_per_clip, 30);
     let model = batched_ball_model(None);
 
     let broker = Mosquitto::start();
-    let device = format!("four{sessions}");
+    let device = format!("cams{cameras}x{sessions}");
     let sub = Subscriber::connect(broker.port, &format!("vigil/{device}/detections"));
     let mut config = detections_config(&device, &broker.url(), &model) + model_extra + "\n";
     // Played as fast as they decode, losslessly: every frame must be analysed.
-    for i in 1..=4 {
+    for i in 1..=cameras {
         config += &format!(
             "[[cameras]]\nname = \"cam{i}\"\nsource = \"file://{}\"\nmodel = \"ball\"\nloop = false\nrealtime = false\nmotion = {{ enabled = false }}\n",
             clip.display()
         );
     }
     let v = Vigil::start(&config);
-    let names = ["cam1", "cam2", "cam3", "cam4"];
+    let names: Vec<String> = (1..=cameras).map(|i| format!("cam{i}")).collect();
     let processed = |v: &Vigil| -> u64 {
         names.iter().map(|c| camera_health(v, c)["frames_processed"].as_u64().unwrap_or(0)).sum()
     };
-    wait_until(Duration::from_secs(60), "a quarter of the frames analysed", || {
-        processed(&v) >= u64::from(frames_per_clip)
-    });
+    wait_until(Duration::from_secs(60), "a quarter of the frames analysed", || processed(&v) >= 300);
 
     // Swap mid-run.
     let auth = format!("Bearer {}", v.token.as_deref().expect("token auth is the default"));
@@ -152,7 +167,7 @@ fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
     );
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let at_swap = processed(&v);
-    assert!(at_swap < 4 * u64::from(frames_per_clip), "the swap must land mid-run: {at_swap}");
+    assert!(at_swap < cameras as u64 * u64::from(frames_per_clip), "the swap must land mid-run: {at_swap}");
 
     wait_until(Duration::from_secs(180), "all four clips decoded to the end", || {
         names.iter().all(|c| camera_health(&v, c)["state"] == "ended")
@@ -163,7 +178,7 @@ fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
         names.iter().all(|c| camera_health(&v, c)["frames_processed"] == frames_per_clip)
     });
     let h = v.health();
-    for c in names {
+    for c in &names {
         let c = camera_health(&v, c);
         assert_eq!(c["frames_received"], frames_per_clip, "{c}");
         assert_eq!(c["frames_processed"], frames_per_clip, "every frame analysed, swap or not: {c}");
@@ -183,22 +198,26 @@ fn four_cameras_with_a_swap(model_extra: &str, sessions: u64) -> (u64, u64) {
         "{frames_run} frames in {runs} runs: {:.2} frames per run, swap after {at_swap}",
         frames_run as f64 / runs as f64
     );
-    assert!(frames_run >= 4 * u64::from(frames_per_clip));
+    assert!(frames_run >= cameras as u64 * u64::from(frames_per_clip));
 
-    // Per camera the versions go 1 then 2, never back, and both served.
+    // Per camera the versions go 1 then 2, never back, and both served;
+    // the frames go out in the order they came.
     let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
     while let Some(bytes) = sub.try_next_on(&format!("vigil/{device}/detections"), Duration::from_millis(500))
     {
         let ev: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
-        versions
-            .entry(ev["camera"].as_str().expect("camera").to_owned())
-            .or_default()
-            .push(model_version(&ev));
+        let camera = ev["camera"].as_str().expect("camera").to_owned();
+        seqs.entry(camera.clone()).or_default().push(ev["frame"]["seq"].as_u64().expect("frame.seq"));
+        versions.entry(camera).or_default().push(model_version(&ev));
     }
     let all: Vec<u64> = versions.values().flatten().copied().collect();
     assert!(all.contains(&1) && all.contains(&2), "both versions served");
     for (camera, vs) in &versions {
         assert!(vs.windows(2).all(|w| w[0] <= w[1]), "{camera}: a v1 frame after a v2 frame");
     }
-    (runs, frames_run)
+    for (camera, s) in &seqs {
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{camera}: frames out of order");
+    }
+    m.clone()
 }

@@ -39,7 +39,7 @@ pub use letterbox::{Letterbox, resize_bilinear_cv};
 pub use manifest::{ColorOrder, Layout, Manifest, PixelScale, ResizeMode, manifest_path};
 pub use meta::parse_python_names;
 pub use model::{
-    Anomaly, ClassScore, Detector, ModelInfo, ModelOptions, Prediction, Prepared, RunScratch, Scratch,
+    Anomaly, ClassScore, Detector, ModelInfo, ModelOptions, Prediction, Prepared, RunOn, RunScratch, Scratch,
     Timings, read_facts,
 };
 pub use nms::{BBox, Detection, nms};

@@ -1,8 +1,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
@@ -27,6 +27,13 @@ pub struct ModelOptions {
     /// that many frames can be in `session.run` at once, each with
     /// `intra_threads` threads.
     pub sessions: usize,
+    /// Side-by-side lanes for when frames queue (0 or 1: none): this many
+    /// more copies of the session, each with `intra_threads / lanes`
+    /// threads. A frame that finds the model idle runs on the main copy with
+    /// every thread (the shortest run); frames that queue run on the lanes,
+    /// several at once, which gets more frames per second out of the same
+    /// threads (see `Detector::run_prepared_on`). CPU only.
+    pub lanes: usize,
     /// The most frames one run will be given; 0: as many as the model takes.
     /// At 1 every run has the same shape, which lets ONNX Runtime plan its
     /// memory once (see `read_facts_with`) and skips the batch probe.
@@ -158,6 +165,21 @@ pub struct Detector {
     /// Copies of the session: runs on different copies go side by side.
     sessions: Vec<Mutex<Session>>,
     next_session: AtomicUsize,
+    /// Copies with fewer threads each, for frames that queue
+    /// (`ModelOptions::lanes`), loaded the first time they are asked for: a
+    /// camera that keeps up never pays their memory (about 30 MiB each with
+    /// YOLOv8n: weights and the run's planned memory).
+    lanes: OnceLock<Vec<Mutex<Session>>>,
+    /// How to load them: `lanes` copies with these options. `None`: no lanes.
+    lane_options: Option<ModelOptions>,
+    lanes_requested: AtomicBool,
+}
+
+/// Where a run goes: a main copy of the session, or one of the lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOn {
+    Main,
+    Lane(usize),
 }
 
 fn dtype_name(t: &TensorElementType) -> String {
@@ -192,6 +214,57 @@ pub fn read_facts(path: &Path) -> Result<(Vec<u8>, Session, ModelFacts), Inferen
     Ok((bytes, session, facts))
 }
 
+/// ONNX Runtime ends its messages with a full stop; the error adds its own.
+fn load_error(path: &Path, reason: String) -> InferenceError {
+    InferenceError::ModelLoad { path: path.to_owned(), reason: reason.trim_end_matches('.').to_owned() }
+}
+
+/// A session builder with Vigil's settings for `opts` (provider not yet
+/// registered).
+fn session_builder(
+    path: &Path,
+    opts: &ModelOptions,
+) -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+    let env = runtime::environment()?;
+    let load_err = |reason: String| load_error(path, reason);
+    let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+    // `All`, not `Level3`: in `ort` Level3 is ORT_ENABLE_LAYOUT, one
+    // step short of what ONNX Runtime (and its Python package) does by
+    // default. Two one-thread YOLOv8n copies side by side: 41.8 vs 41.0
+    // runs/s (three interleaved pairs, all in favour).
+    b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| load_err(e.to_string()))?;
+    if opts.intra_threads > 0 {
+        b = b.with_intra_threads(opts.intra_threads).map_err(|e| load_err(e.to_string()))?;
+    }
+    // ONNX Runtime's intra-op workers spin between operators, which a
+    // run needs, and go on spinning after it has returned, which nothing
+    // needs: with one camera at 10 fps on two threads the second thread
+    // spun some 30 ms after every run, CPU taken from the decoders and
+    // the other cameras. Stopped when the last run returns (the next
+    // run restarts it), Vigil's CPU per frame fell from 102-122 ms to
+    // 70-78 and the capture-to-publish p99 fell too, in each of six
+    // interleaved pairs; flat out, the throughput is the same.
+    // inference/tests/idle_spin.rs checks a loaded model idles for free.
+    b = b.with_config_entry("session.force_spinning_stop", "1").map_err(|e| load_err(e.to_string()))?;
+    // ONNX Runtime's memory pattern lays out every intermediate tensor
+    // of a run in one block, planned from the first run of each input
+    // shape. Without it each tensor is its own allocation: from the
+    // arena that all sessions share, that is a lock taken hundreds of
+    // times a run by every session running. YOLOv8n, two one-thread
+    // copies side by side: 42.2 runs/s with the pattern, 39.7 without
+    // (five interleaved pairs); Vigil's four-camera bench 0.90 vs 0.86
+    // of the bare loop, for 22 MiB more peak memory (one camera: 24). A
+    // model that runs batches of 1 to N frames would plan N layouts and
+    // hold the largest (four cameras in batches: peak RSS 437 MB
+    // without the pattern, 548 with it), so batching keeps it off.
+    let single_shape = opts.max_batch == 1;
+    b = b.with_memory_pattern(single_shape).map_err(|e| load_err(e.to_string()))?;
+    if runtime::shared_arena() {
+        b = b.with_env_allocators().map_err(|e| load_err(e.to_string()))?;
+    }
+    Ok(b)
+}
+
 fn read_facts_with(
     path: &Path,
     options: &ModelOptions,
@@ -201,50 +274,8 @@ fn read_facts_with(
     if bytes.is_empty() {
         return Err(InferenceError::ModelLoad { path: path.to_owned(), reason: "the file is empty".into() });
     }
-    let env = runtime::environment()?;
-    // ONNX Runtime ends its messages with a full stop; the error adds its own.
-    let load_err = |reason: String| InferenceError::ModelLoad {
-        path: path.to_owned(),
-        reason: reason.trim_end_matches('.').to_owned(),
-    };
-    let base = |opts: &ModelOptions| -> Result<ort::session::builder::SessionBuilder, InferenceError> {
-        let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-        // `All`, not `Level3`: in `ort` Level3 is ORT_ENABLE_LAYOUT, one
-        // step short of what ONNX Runtime (and its Python package) does by
-        // default. Two one-thread YOLOv8n copies side by side: 41.8 vs 41.0
-        // runs/s (three interleaved pairs, all in favour).
-        b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| load_err(e.to_string()))?;
-        if opts.intra_threads > 0 {
-            b = b.with_intra_threads(opts.intra_threads).map_err(|e| load_err(e.to_string()))?;
-        }
-        // ONNX Runtime's intra-op workers spin between operators, which a
-        // run needs, and go on spinning after it has returned, which nothing
-        // needs: with one camera at 10 fps on two threads the second thread
-        // spun some 30 ms after every run, CPU taken from the decoders and
-        // the other cameras. Stopped when the last run returns (the next
-        // run restarts it), Vigil's CPU per frame fell from 102-122 ms to
-        // 70-78 and the capture-to-publish p99 fell too, in each of six
-        // interleaved pairs; flat out, the throughput is the same.
-        // inference/tests/idle_spin.rs checks a loaded model idles for free.
-        b = b.with_config_entry("session.force_spinning_stop", "1").map_err(|e| load_err(e.to_string()))?;
-        // ONNX Runtime's memory pattern lays out every intermediate tensor
-        // of a run in one block, planned from the first run of each input
-        // shape. Without it each tensor is its own allocation: from the
-        // arena that all sessions share, that is a lock taken hundreds of
-        // times a run by every session running. YOLOv8n, two one-thread
-        // copies side by side: 42.2 runs/s with the pattern, 39.7 without
-        // (five interleaved pairs); Vigil's four-camera bench 0.90 vs 0.86
-        // of the bare loop, for 22 MiB more peak memory (one camera: 24). A
-        // model that runs batches of 1 to N frames would plan N layouts and
-        // hold the largest (four cameras in batches: peak RSS 437 MB
-        // without the pattern, 548 with it), so batching keeps it off.
-        let single_shape = opts.max_batch == 1;
-        b = b.with_memory_pattern(single_shape).map_err(|e| load_err(e.to_string()))?;
-        if runtime::shared_arena() {
-            b = b.with_env_allocators().map_err(|e| load_err(e.to_string()))?;
-        }
-        Ok(b)
-    };
+    let load_err = |reason: String| load_error(path, reason);
+    let base = |opts: &ModelOptions| session_builder(path, opts);
     let requested = options.provider;
     let (builder, provider) = match register(base(options)?, requested, options.device_id) {
         Ok(b) => (
@@ -309,6 +340,10 @@ impl Detector {
     /// decoder fits.
     pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
         let (bytes, sessions, facts, provider) = read_facts_with(path, &options)?;
+        // Lanes are for the CPU; they load when frames first queue.
+        let lane_options = (options.lanes > 1 && provider.active == Provider::Cpu.ort_name()).then(|| {
+            ModelOptions { intra_threads: (options.intra_threads / options.lanes).max(1), ..options.clone() }
+        });
         let plan = plan(&facts, &options.overrides).map_err(|reason| InferenceError::Unsupported {
             path: path.to_owned(),
             reason: format!("{reason}; found {}", facts.describe()),
@@ -347,6 +382,9 @@ impl Detector {
             fixed_batch,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next_session: AtomicUsize::new(0),
+            lanes: OnceLock::new(),
+            lane_options,
+            lanes_requested: AtomicBool::new(false),
         };
         let blank = vec![0u8; 64 * 48 * 3];
         let view =
@@ -388,6 +426,81 @@ impl Detector {
     /// Copies of the session: how many runs can go at once.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Side-by-side lanes for frames that queue (0: none), loaded or not.
+    pub fn lanes(&self) -> usize {
+        self.lane_options.as_ref().map_or(0, |o| o.lanes)
+    }
+
+    /// The lanes are loaded: runs on them go side by side.
+    pub fn lanes_ready(&self) -> bool {
+        self.lanes.get().is_some()
+    }
+
+    /// Starts loading the lanes on a thread of their own, the first time it
+    /// is called; runs meant for a lane go to the main copy meanwhile.
+    pub fn request_lanes(self: &Arc<Self>) {
+        if self.lane_options.is_none() || self.lanes_requested.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let detector = self.clone();
+        let spawned =
+            std::thread::Builder::new().name(format!("lanes-{}", self.info.name)).spawn(move || {
+                let t0 = Instant::now();
+                match detector.load_lanes() {
+                    Ok(()) => tracing::info!(
+                        model = %detector.info.name,
+                        version = detector.info.version,
+                        lanes = detector.lanes(),
+                        ms = t0.elapsed().as_millis() as u64,
+                        "frames queue: lanes loaded, queued frames now run side by side"
+                    ),
+                    Err(e) => tracing::warn!(
+                        model = %detector.info.name,
+                        error = %e,
+                        "lanes could not be loaded; frames keep running one at a time"
+                    ),
+                }
+                runtime::release_free_memory();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start loading lanes");
+        }
+    }
+
+    /// Loads the lanes now (what [`Detector::request_lanes`] does in the
+    /// background), from the model's file, which must still hold the bytes
+    /// this detector was loaded from, and test-runs each once, so that each
+    /// lane's memory is planned here rather than on a camera's frame.
+    pub fn load_lanes(&self) -> Result<(), InferenceError> {
+        let Some(opts) = &self.lane_options else { return Ok(()) };
+        if self.lanes_ready() {
+            return Ok(());
+        }
+        let path = &self.info.path;
+        let bytes = std::fs::read(path)
+            .map_err(|e| InferenceError::ModelUnreadable { path: path.to_owned(), reason: e.to_string() })?;
+        if hex(&Sha256::digest(&bytes)) != self.info.sha256 {
+            return Err(load_error(path, "the file changed since the model was loaded".into()));
+        }
+        let mut b = session_builder(path, opts)?;
+        let mut lanes = Vec::with_capacity(opts.lanes);
+        for _ in 0..opts.lanes {
+            lanes
+                .push(Mutex::new(b.commit_from_memory(&bytes).map_err(|e| load_error(path, e.to_string()))?));
+        }
+        let blank = vec![0u8; 64 * 48 * 3];
+        let view =
+            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| InferenceError::Run("internal".into()))?;
+        let mut scratch = Scratch::default();
+        self.prepare(&view, &mut scratch.prepared);
+        for lane in &lanes {
+            let mut session = lane.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
+            self.run_on(&mut session, &[&scratch.prepared], &mut scratch.run)?;
+        }
+        let _ = self.lanes.set(lanes);
+        Ok(())
     }
 
     /// The most frames one run takes (see [`Detector::run_prepared`]).
@@ -442,6 +555,38 @@ impl Detector {
         items: &[&Prepared],
         scratch: &mut RunScratch,
     ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        self.run_prepared_on(items, scratch, RunOn::Main)
+    }
+
+    /// [`Detector::run_prepared`] on a chosen copy: `RunOn::Lane(i)` runs on
+    /// lane `i` (one caller at a time per lane; until the lanes are loaded,
+    /// or without lanes, on a main copy). Lanes trade a longer run for more runs per
+    /// second: two one-thread YOLOv8n runs side by side give 40.7 runs/s on
+    /// two cores where one two-thread copy gives 36.4, each run taking 49 ms
+    /// instead of 27.
+    pub fn run_prepared_on(
+        &self,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+        on: RunOn,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        let lane = match on {
+            RunOn::Lane(i) => self.lanes.get().and_then(|lanes| lanes.get(i)),
+            RunOn::Main => None,
+        };
+        let mut session = match lane {
+            Some(lane) => lane.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?,
+            None => self.session()?,
+        };
+        self.run_on(&mut session, items, scratch)
+    }
+
+    fn run_on(
+        &self,
+        session: &mut Session,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
         let plan = &self.info.plan;
         let n = items.len();
         if n == 0 || n > self.batch_limit {
@@ -468,9 +613,8 @@ impl Detector {
             stack(items, rows, plan.input.dtype, &mut scratch.stacked);
             &scratch.stacked
         };
-        let mut session = self.session()?;
         let name = plan.input.name.as_str();
-        let outputs = run_session(&mut session, name, plan.input.dtype, shape, input)?;
+        let outputs = run_session(session, name, plan.input.dtype, shape, input)?;
         let t2 = Instant::now();
 
         let mut whole = Vec::with_capacity(plan.roles.len());

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use vigil_inference::{Detector, ImageView, InferenceError, ModelOptions, Scratch};
+use vigil_inference::{Detector, ImageView, InferenceError, ModelOptions, RunOn, Scratch};
 
 fn ball_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ball/ball.onnx")
@@ -145,4 +145,79 @@ fn session_copies_share_the_arena_and_agree_when_run_at_once() {
             r.join().expect("runner thread");
         }
     });
+}
+
+/// Lanes load when asked, not before; on them a frame gets exactly what the
+/// main copy gives it, and two lanes run at once from two threads agree.
+#[test]
+fn lanes_load_when_asked_and_give_what_the_main_copy_gives() {
+    let det = Detector::load("ball", &ball_model(), ModelOptions { intra_threads: 2, lanes: 2, ..options() })
+        .expect("load");
+    assert_eq!(det.lanes(), 2);
+    assert!(!det.lanes_ready(), "lanes load the first time frames queue, not with the model");
+    let (w, h) = (800usize, 600usize);
+    let images: Vec<Vec<u8>> = (0..4)
+        .map(|i| disk_image(w, h, 0, &[(150.0 + 120.0 * i as f32, 200.0 + 50.0 * i as f32, 30.0)]))
+        .collect();
+    let boxes = |img: &[u8], on: RunOn, scratch: &mut Scratch| {
+        let view = ImageView::new(img, w as u32, h as u32, w * 3).expect("view");
+        det.prepare(&view, &mut scratch.prepared);
+        let (pred, _) =
+            det.run_prepared_on(&[&scratch.prepared], &mut scratch.run, on).expect("run").pop().expect("one");
+        pred.detections.iter().map(|d| [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]).collect::<Vec<_>>()
+    };
+    let mut scratch = Scratch::default();
+    let expected: Vec<_> = images.iter().map(|img| boxes(img, RunOn::Main, &mut scratch)).collect();
+    assert!(expected.iter().all(|b| b.len() == 1), "one ball per image: {expected:?}");
+    // Not loaded yet: a run meant for a lane goes to the main copy.
+    assert_eq!(boxes(&images[0], RunOn::Lane(1), &mut scratch), expected[0]);
+
+    det.load_lanes().expect("lanes load");
+    assert!(det.lanes_ready());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|lane| {
+                let (images, expected, boxes) = (&images, &expected, &boxes);
+                s.spawn(move || {
+                    let mut scratch = Scratch::default();
+                    for round in 0..10 {
+                        let i = (round + lane) % images.len();
+                        assert_eq!(
+                            boxes(&images[i], RunOn::Lane(lane), &mut scratch),
+                            expected[i],
+                            "image {i}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().expect("lane thread");
+        }
+    });
+}
+
+/// Lanes are loaded from the model's file when frames first queue: a file
+/// changed since then is refused (the lanes would run another model), and
+/// the model keeps running on its main copy.
+#[test]
+fn lanes_refuse_a_model_file_changed_since_it_was_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ball.onnx");
+    std::fs::copy(ball_model(), &path).expect("copy");
+    let det = Detector::load("ball", &path, ModelOptions { intra_threads: 2, lanes: 2, ..options() })
+        .expect("load");
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.extend_from_slice(&[(6 << 3) | 2, 2, b'v', b'2']); // a doc_string: same graph, other bytes
+    std::fs::write(&path, bytes).expect("write");
+    let e = det.load_lanes().expect_err("a changed file must be refused");
+    assert!(e.to_string().contains("changed since the model was loaded"), "{e}");
+    assert!(!det.lanes_ready());
+    let img = disk_image(640, 480, 0, &[(320.0, 240.0, 20.0)]);
+    let view = ImageView::new(&img, 640, 480, 640 * 3).expect("view");
+    let mut scratch = Scratch::default();
+    det.prepare(&view, &mut scratch.prepared);
+    let out =
+        det.run_prepared_on(&[&scratch.prepared], &mut scratch.run, RunOn::Lane(0)).expect("runs on main");
+    assert_eq!(out[0].0.detections.len(), 1);
 }

@@ -205,12 +205,18 @@ pub struct ModelHealth {
     pub threads: usize,
     /// Copies of the session running side by side.
     pub sessions: usize,
+    /// Lanes for when frames queue (0: none; see `models[].lanes`).
+    pub lanes: usize,
+    /// The lanes are loaded (they load the first time frames queue).
+    pub lanes_ready: bool,
     /// The most frames one run takes: the config's `batch` and what the
     /// model accepts, whichever is less.
     pub batch_limit: usize,
     /// Runs so far, and the frames they took (frames / runs = mean batch).
     pub runs: u64,
     pub frames_run: u64,
+    /// Of `runs`, those that went on a lane, beside another.
+    pub lane_runs: u64,
 }
 
 /// Why a snapshot could not be made.
@@ -301,6 +307,7 @@ impl Appliance {
             let mut options = m.options();
             options.intra_threads = threads.model_threads[&m.name];
             options.sessions = threads.model_sessions[&m.name];
+            options.lanes = threads.model_lanes[&m.name];
             options.max_batch = policy.max_batch;
             let slot = ModelSlot::open(&m.name, &m.path, options, &loaded.data_dir, cameras, required)
                 .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
@@ -315,7 +322,12 @@ impl Appliance {
             );
             models.insert(m.name.clone(), Arc::new(slot));
             model_order.push(m.name.clone());
-            let queue = InferenceQueue::start(&m.name, policy, threads.model_sessions[&m.name]);
+            let queue = InferenceQueue::start(
+                &m.name,
+                policy,
+                threads.model_sessions[&m.name],
+                threads.model_lanes[&m.name],
+            );
             queues.insert(m.name.clone(), (queue, policy));
         }
         let label_problems =
@@ -519,10 +531,12 @@ impl Appliance {
                 device: cfg.device_id.clone(),
                 camera: c.name.clone(),
                 slot,
-                submitter: c.model.as_ref().map(|m| queues[m].0.submitter()),
+                submitter: c.model.as_ref().map(|m| queues[m].0.submitter(in_flight(&threads, m))),
+                max_in_flight: c.model.as_ref().map_or(1, |m| in_flight(&threads, m)),
                 input_buffers: c.model.as_ref().map_or(1, |m| {
                     let cameras = cfg.cameras.iter().filter(|o| o.model.as_ref() == Some(m)).count();
                     input_buffers(cameras, threads.model_sessions[m], queues[m].1.max_batch)
+                        .max(in_flight(&threads, m) + 1)
                 }),
                 model_slot,
                 events,
@@ -917,6 +931,16 @@ impl Appliance {
         for m in &h.models {
             let _ = writeln!(o, "vigil_model_frames_total{{slot=\"{}\"}} {}", escape(&m.name), m.frames_run);
         }
+        help(
+            &mut o,
+            "vigil_model_lane_runs_total",
+            "counter",
+            "Model runs that went on a lane, beside another, because the camera's frames queued.",
+        );
+        for m in &h.models {
+            let _ =
+                writeln!(o, "vigil_model_lane_runs_total{{slot=\"{}\"}} {}", escape(&m.name), m.lane_runs);
+        }
         help(&mut o, "vigil_uptime_seconds", "gauge", "Seconds since start.");
         let _ = writeln!(o, "vigil_uptime_seconds {}", h.uptime_s);
         o
@@ -1026,9 +1050,15 @@ impl Appliance {
                         provider: i.provider.clone(),
                         threads: self.threads.model_threads.get(n).copied().unwrap_or(0),
                         sessions: d.sessions(),
+                        lanes: d.lanes(),
+                        lanes_ready: d.lanes_ready(),
                         batch_limit: self.runners.get(n).map_or(1, |(_, p)| p.max_batch.min(d.batch_limit())),
                         runs: self.runners.get(n).map_or(0, |(s, _)| s.runs.load(Ordering::Relaxed)),
                         frames_run: self.runners.get(n).map_or(0, |(s, _)| s.frames.load(Ordering::Relaxed)),
+                        lane_runs: self
+                            .runners
+                            .get(n)
+                            .map_or(0, |(s, _)| s.lane_runs.load(Ordering::Relaxed)),
                     }
                 })
                 .collect(),
@@ -1101,6 +1131,9 @@ struct Worker {
     model_slot: Option<Arc<ModelSlot>>,
     /// The way into the model's shared runner.
     submitter: Option<Submitter>,
+    /// Frames this camera may have with the runner at once: one, or with
+    /// lanes (its model's only camera) one per lane.
+    max_in_flight: usize,
     /// Model inputs this worker fills: two to prepare a frame while the
     /// previous one runs, one where other cameras keep the runners busy.
     input_buffers: usize,
@@ -1131,6 +1164,11 @@ fn input_buffers(cameras: usize, sessions: usize, max_batch: usize) -> usize {
     if cameras > sessions.max(1) * max_batch.max(1) { 1 } else { 2 }
 }
 
+/// Frames a camera of model `model` may have with its runner at once.
+fn in_flight(threads: &ThreadPlan, model: &str) -> usize {
+    threads.model_lanes.get(model).copied().unwrap_or(0).max(1)
+}
+
 /// A frame whose inference is under way on the model's runner.
 struct InFlight {
     frame: Frame,
@@ -1146,14 +1184,15 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
             let span = tracing::info_span!("inference", camera = %w.camera);
             let _e = span.enter();
             let mut spare: Vec<Prepared> = (0..w.input_buffers.max(1)).map(|_| Prepared::default()).collect();
-            let mut in_flight: Option<InFlight> = None;
+            // Oldest first: answers are handled in the order frames went in.
+            let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(w.max_in_flight);
             let mut last: Option<(Frame, Arc<ModelInfo>)> = None;
-            loop {
+            'frames: loop {
                 // With one input buffer, the answer comes first, then the
                 // newest frame: nothing to prepare it into before, and a
                 // frame taken early would only wait (held, and older).
                 if spare.is_empty()
-                    && let Some(job) = in_flight.take()
+                    && let Some(job) = in_flight.pop_front()
                     && !w.finish_inference(job, &mut spare, &mut last)
                 {
                     break;
@@ -1162,13 +1201,13 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 // as soon as it is there (preprocessing overlaps the run);
                 // with nothing there, the answer is handled first so that
                 // events never wait for the next frame.
-                let next = if in_flight.is_some() {
-                    w.slot.take_timeout(Duration::ZERO)
-                } else {
+                let next = if in_flight.is_empty() {
                     w.slot.take_timeout(Duration::from_millis(500))
+                } else {
+                    w.slot.take_timeout(Duration::ZERO)
                 };
                 let Some(frame) = next else {
-                    if let Some(job) = in_flight.take() {
+                    if let Some(job) = in_flight.pop_front() {
                         if !w.finish_inference(job, &mut spare, &mut last) {
                             break;
                         }
@@ -1238,22 +1277,33 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 let Some(submitter) = w.submitter.as_ref() else { break };
                 // Only a worker with nothing queued counts as "on its way":
                 // the runner may hold a batch open for it.
-                submitter.prepare(&detector, &mut prepared, in_flight.is_none(), |d, p| view.prepare(d, p));
-                // One frame per camera with the runner: the previous answer
-                // first (this keeps frames in order and cameras fair).
-                if let Some(job) = in_flight.take()
-                    && !w.finish_inference(job, &mut spare, &mut last)
-                {
-                    break;
+                submitter.prepare(&detector, &mut prepared, in_flight.is_empty(), |d, p| view.prepare(d, p));
+                // At most `max_in_flight` frames per camera with the runner
+                // (this keeps cameras fair): when they are all out, the
+                // next goes as soon as one comes back, whichever it is, so
+                // a free lane never waits on a slower one's frame.
+                while submitter.running() >= w.max_in_flight {
+                    if !submitter.wait_any() {
+                        break;
+                    }
                 }
-                let Some(submitter) = w.submitter.as_ref() else { break };
                 if !submitter.submit(detector, prepared) {
                     break;
                 }
-                in_flight = Some(InFlight { frame, model, origin });
+                in_flight.push_back(InFlight { frame, model, origin });
+                // The answers that are back, in frame order, while the
+                // runner already has the next frame.
+                while !in_flight.is_empty() && w.submitter.as_ref().is_some_and(Submitter::ready) {
+                    let Some(job) = in_flight.pop_front() else { break };
+                    if !w.finish_inference(job, &mut spare, &mut last) {
+                        break 'frames;
+                    }
+                }
             }
-            if let Some(job) = in_flight.take() {
-                w.finish_inference(job, &mut spare, &mut last);
+            while let Some(job) = in_flight.pop_front() {
+                if !w.finish_inference(job, &mut spare, &mut last) {
+                    break;
+                }
             }
             // The camera stopped: every open track ends, so every start has its end.
             if let Some((frame, model)) = last {

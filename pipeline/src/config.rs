@@ -320,6 +320,13 @@ pub struct ModelConfig {
     /// share of the cores; one on a GPU).
     #[serde(default)]
     pub sessions: Option<usize>,
+    /// For a model with one camera on the CPU: when that camera's frames
+    /// queue, this many run side by side, each on `threads / lanes` threads
+    /// (a frame that finds the model idle still gets every thread). Unset:
+    /// 2 when the model has one camera and at least two threads; 0 turns
+    /// it off. Each lane is another copy of the session in memory.
+    #[serde(default)]
+    pub lanes: Option<usize>,
     /// The most frames, from different cameras, one run takes when the model
     /// accepts a batch (first input dimension dynamic or a fixed N). Unset:
     /// on a GPU the number of cameras on the model (at most 8); on the CPU
@@ -356,6 +363,7 @@ impl ModelConfig {
             },
             intra_threads: self.threads,
             sessions: self.sessions.unwrap_or(1),
+            lanes: self.lanes.unwrap_or(0),
             max_batch: self.batch.unwrap_or(0),
             provider: self.provider,
             device_id: self.device_id,
@@ -742,6 +750,21 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if let Some(n) = m.sessions.filter(|n| !(1..=64).contains(n)) {
             p(format!("{at}.sessions = {n}: must be 1 to 64"));
+        }
+        if let Some(n) = m.lanes.filter(|n| *n > 16) {
+            p(format!("{at}.lanes = {n}: at most 16 (0 turns lanes off)"));
+        }
+        if m.lanes.is_some_and(|n| n > 1) && m.provider != vigil_inference::Provider::Cpu {
+            p(format!("{at}.lanes: lanes are for the CPU; remove it (a GPU model batches instead)"));
+        }
+        if m.lanes.is_some_and(|n| n > 1) {
+            let cameras = config.cameras.iter().filter(|cam| cam.model.as_ref() == Some(&m.name)).count();
+            if cameras > 1 {
+                p(format!(
+                    "{at}.lanes: lanes are for a model with one camera, and {cameras} use this one; \
+                     remove it (several cameras already run side by side, see `sessions`)"
+                ));
+            }
         }
         if let Some(b) = m.batch.filter(|b| !(1..=64).contains(b)) {
             p(format!("{at}.batch = {b}: must be 1 to 64 (1 turns batching off)"));
@@ -1228,6 +1251,23 @@ mod tests {
         assert!(e.contains("device_id = \"line/3\""), "{e}");
         let e = load(&GOOD.replace("fps = 10", "fps = \"ten\"")).unwrap_err();
         assert!(e.contains("cameras[0].fps") && e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn lanes_are_checked_against_the_provider_and_the_cameras() {
+        let with = |lanes: &str| GOOD.replace("confidence = 0.5", &format!("confidence = 0.5\n{lanes}"));
+        assert_eq!(load(&with("lanes = 2")).expect("valid").config.models[0].lanes, Some(2));
+        let e = load(&with("lanes = 17")).unwrap_err();
+        assert!(e.contains("models[0].lanes = 17: at most 16"), "{e}");
+        let e = load(&with("lanes = 2\nprovider = \"cuda\"")).unwrap_err();
+        assert!(e.contains("models[0].lanes: lanes are for the CPU"), "{e}");
+        let two =
+            with("lanes = 2") + "[[cameras]]\nname = \"cam2\"\nsource = \"test://ball\"\nmodel = \"ball\"\n";
+        let e = load(&two).unwrap_err();
+        assert!(
+            e.contains("models[0].lanes: lanes are for a model with one camera, and 2 use this one"),
+            "{e}"
+        );
     }
 
     #[test]

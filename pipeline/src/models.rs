@@ -286,8 +286,8 @@ impl ModelSlot {
                 let (required, cameras) = (self.required_labels.clone(), self.cameras.clone());
                 tokio::task::spawn_blocking(move || {
                     // Validating takes one copy of the session; activation
-                    // loads as many as the slot runs.
-                    let options = ModelOptions { sessions: 1, ..options };
+                    // loads as many as the slot runs, lanes included.
+                    let options = ModelOptions { sessions: 1, lanes: 0, ..options };
                     let info = check(&name, &file, &options, &required, &cameras, version).map(|d| d.info().clone());
                     vigil_inference::runtime::release_free_memory();
                     info

@@ -12,8 +12,9 @@
 //!
 //! Fairness comes from the shape of it: a worker has at most one frame with
 //! the runners (it prepares the next while that one runs, and submits it
-//! only once the answer is in), and the queue is first come, first served; a
-//! fast camera cannot crowd out a slow one. When frames come faster than the
+//! only once the answer is in; two with lanes, below, where it is the
+//! model's only camera), and the queue is first come, first served; a fast
+//! camera cannot crowd out a slow one. When frames come faster than the
 //! model runs, each camera's frame slot keeps the newest frame and counts
 //! the one it replaced (`frames_dropped_busy`).
 //!
@@ -21,6 +22,14 @@
 //! they start preparing a frame, and the runner holds a batch open (up to
 //! `batch_wait`) only while some are. A single camera, or cameras whose
 //! frames are not due, never wait for anyone.
+//!
+//! Lanes (a CPU model with one camera, see `threads.rs`): the camera may
+//! have two frames with the runners, and each lane has its runner. A frame
+//! that finds the model idle runs on the main session with every thread;
+//! one that had to wait for such a run, or finds another lane running,
+//! runs on its lane beside it. So a camera that keeps up gets the shortest
+//! runs, and one that falls behind gets the most runs per second; the
+//! answers go back in the order the frames came.
 //!
 //! A hot swap can leave frames prepared for the old version in the queue;
 //! each batch holds frames of one version only, so every frame is run by the
@@ -30,7 +39,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use vigil_inference::{Detector, InferenceError, Prediction, Prepared, RunScratch, Timings};
+use std::cell::{Cell, RefCell};
+use std::sync::Condvar;
+
+use vigil_inference::{Detector, InferenceError, Prediction, Prepared, RunOn, RunScratch, Timings};
 
 /// How a model's runner batches.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -46,6 +58,8 @@ struct Job {
     detector: Arc<Detector>,
     prepared: Prepared,
     reply: mpsc::SyncSender<Done>,
+    /// The submitter's count of this frame: answers are handed back in it.
+    ticket: u64,
 }
 
 /// A frame's answer, with its buffers back for the next frame.
@@ -53,6 +67,7 @@ struct Job {
 pub struct Done {
     pub prepared: Prepared,
     pub result: Result<(Prediction, Timings), InferenceError>,
+    ticket: u64,
 }
 
 /// Counters of one model's runner.
@@ -60,6 +75,71 @@ pub struct Done {
 pub struct RunnerStats {
     pub runs: AtomicU64,
     pub frames: AtomicU64,
+    /// Runs that went on a lane, beside another (see the module docs).
+    pub lane_runs: AtomicU64,
+}
+
+/// Which runs of a laned model may go: one on the main session (every
+/// thread), or up to `lanes` side by side, never both.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct LaneState {
+    main: bool,
+    side: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Main,
+    Side,
+}
+
+impl LaneState {
+    /// Where a frame taken now runs, if it can start at all. `waited`: it
+    /// already had to wait for a run (frames are queueing).
+    fn try_begin(&mut self, waited: bool, lanes: usize) -> Option<Mode> {
+        if self.main || self.side >= lanes {
+            return None;
+        }
+        if self.side == 0 && !waited {
+            self.main = true;
+            return Some(Mode::Main);
+        }
+        self.side += 1;
+        Some(Mode::Side)
+    }
+
+    fn end(&mut self, mode: Mode) {
+        match mode {
+            Mode::Main => self.main = false,
+            Mode::Side => self.side -= 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LaneGate {
+    lanes: usize,
+    state: Mutex<LaneState>,
+    changed: Condvar,
+}
+
+impl LaneGate {
+    fn begin(&self) -> Mode {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waited = false;
+        loop {
+            if let Some(mode) = state.try_begin(waited, self.lanes) {
+                return mode;
+            }
+            waited = true;
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn end(&self, mode: Mode) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).end(mode);
+        self.changed.notify_all();
+    }
 }
 
 /// The cameras' side of one model's runner.
@@ -72,20 +152,25 @@ pub struct InferenceQueue {
 
 impl InferenceQueue {
     /// Starts `runners` runner threads for model `name` (one per copy of
-    /// its session: that many runs go at once). They end when every
-    /// `Submitter` is gone.
-    pub fn start(name: &str, policy: BatchPolicy, runners: usize) -> InferenceQueue {
+    /// its session: that many runs go at once), or with `lanes` > 1 one per
+    /// lane. They end when every `Submitter` is gone.
+    pub fn start(name: &str, policy: BatchPolicy, runners: usize, lanes: usize) -> InferenceQueue {
         let (tx, rx) = mpsc::channel();
         let rx = Arc::new(Mutex::new(rx));
         let preparing = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(RunnerStats::default());
-        for i in 0..runners.max(1) {
+        let gate = (lanes > 1)
+            .then(|| Arc::new(LaneGate { lanes, state: Mutex::default(), changed: Condvar::new() }));
+        let runners = if lanes > 1 { lanes } else { runners.max(1) };
+        for i in 0..runners {
             let runner = Runner {
                 rx: rx.clone(),
                 preparing: preparing.clone(),
                 stats: stats.clone(),
                 policy,
                 carry: None,
+                lane: i,
+                gate: gate.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("run-{name}-{i}"))
@@ -95,21 +180,26 @@ impl InferenceQueue {
         InferenceQueue { tx, preparing, stats }
     }
 
-    /// A handle for one camera worker.
-    pub fn submitter(&self) -> Submitter {
-        let (reply, answers) = mpsc::sync_channel(1);
+    /// A handle for one camera worker that will have at most `in_flight`
+    /// frames with the runners.
+    pub fn submitter(&self, in_flight: usize) -> Submitter {
+        // Room for every answer: a runner never waits for the worker.
+        let (reply, answers) = mpsc::sync_channel(in_flight.max(1));
         Submitter {
             tx: self.tx.clone(),
             preparing: self.preparing.clone(),
             reply,
             answers,
-            announced: std::cell::Cell::new(false),
+            announced: Cell::new(false),
+            submitted: Cell::new(0),
+            answered: Cell::new(0),
+            early: RefCell::default(),
         }
     }
 }
 
-/// One camera's way into the runner: prepare, submit, wait; one frame in
-/// flight at a time.
+/// One camera's way into the runner: prepare, submit, wait for the answers
+/// in the order the frames went in.
 #[derive(Debug)]
 pub struct Submitter {
     tx: mpsc::Sender<Job>,
@@ -117,7 +207,13 @@ pub struct Submitter {
     reply: mpsc::SyncSender<Done>,
     answers: mpsc::Receiver<Done>,
     /// Counted in `preparing` until the frame is submitted.
-    announced: std::cell::Cell<bool>,
+    announced: Cell<bool>,
+    /// Frames submitted and answers handed out so far: the next answer due
+    /// is ticket `answered`.
+    submitted: Cell<u64>,
+    answered: Cell<u64>,
+    /// Answers that came before an older frame's (lanes finish in any order).
+    early: RefCell<Vec<Done>>,
 }
 
 impl Submitter {
@@ -139,7 +235,9 @@ impl Submitter {
 
     /// Hands a prepared frame to the runner. `false` when the runner is gone.
     pub fn submit(&self, detector: Arc<Detector>, prepared: Prepared) -> bool {
-        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone() }).is_ok();
+        let ticket = self.submitted.get();
+        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone(), ticket }).is_ok();
+        self.submitted.set(ticket + 1);
         // After the send: the runner never sees "nobody preparing" and an
         // empty queue while this frame is between the two.
         if self.announced.replace(false) {
@@ -148,9 +246,51 @@ impl Submitter {
         sent
     }
 
-    /// The answer for the frame submitted last. `None` when the runner is gone.
+    /// Frames with the runner now: submitted, their answers not yet back.
+    pub fn running(&self) -> usize {
+        (self.submitted.get() - self.answered.get()) as usize - self.early.borrow().len()
+    }
+
+    /// Waits until some frame's answer is back (kept for [`Submitter::wait`]):
+    /// its lane is free for the next frame, whichever frame it was. `false`
+    /// when the runner is gone.
+    pub fn wait_any(&self) -> bool {
+        match self.answers.recv() {
+            Ok(done) => {
+                self.early.borrow_mut().push(done);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the oldest frame's answer is back, so [`Submitter::wait`]
+    /// will not block.
+    pub fn ready(&self) -> bool {
+        while let Ok(done) = self.answers.try_recv() {
+            self.early.borrow_mut().push(done);
+        }
+        let due = self.answered.get();
+        self.early.borrow().iter().any(|d| d.ticket == due)
+    }
+
+    /// The answer for the oldest frame not yet answered. `None` when the
+    /// runner is gone.
     pub fn wait(&self) -> Option<Done> {
-        self.answers.recv().ok()
+        let due = self.answered.get();
+        let mut early = self.early.borrow_mut();
+        let done = match early.iter().position(|d| d.ticket == due) {
+            Some(i) => early.swap_remove(i),
+            None => loop {
+                let done = self.answers.recv().ok()?;
+                if done.ticket == due {
+                    break done;
+                }
+                early.push(done);
+            },
+        };
+        self.answered.set(due + 1);
+        Some(done)
     }
 }
 
@@ -172,6 +312,9 @@ struct Runner {
     /// A frame for another model version than the batch being gathered: it
     /// opens the next one.
     carry: Option<Job>,
+    /// This runner's lane, when the model has lanes (`gate`).
+    lane: usize,
+    gate: Option<Arc<LaneGate>>,
 }
 
 impl Runner {
@@ -190,11 +333,32 @@ impl Runner {
                         Err(_) => return,
                     },
                 };
-                let limit = first.detector.batch_limit().min(self.policy.max_batch).max(1);
+                // Lanes run one frame each: the camera's next frame goes
+                // beside this one, not into its batch.
+                let limit = match self.gate {
+                    Some(_) => 1,
+                    None => first.detector.batch_limit().min(self.policy.max_batch).max(1),
+                };
                 batch.push(first);
                 self.gather(&rx, &mut batch, limit);
             }
-            self.execute(&mut batch, &mut scratch);
+            match &self.gate {
+                Some(gate) => {
+                    let mode = gate.begin();
+                    let on = match mode {
+                        Mode::Main => RunOn::Main,
+                        Mode::Side => {
+                            // Frames queue: the lanes load (once, in the
+                            // background) and take the runs from then on.
+                            batch[0].detector.request_lanes();
+                            RunOn::Lane(self.lane)
+                        }
+                    };
+                    self.execute(&mut batch, &mut scratch, on);
+                    gate.end(mode);
+                }
+                None => self.execute(&mut batch, &mut scratch, RunOn::Main),
+            }
         }
     }
 
@@ -229,19 +393,23 @@ impl Runner {
         }
     }
 
-    fn execute(&self, batch: &mut Vec<Job>, scratch: &mut RunScratch) {
+    fn execute(&self, batch: &mut Vec<Job>, scratch: &mut RunScratch, on: RunOn) {
         let n = batch.len();
         let detector = batch[0].detector.clone();
         let result = {
             let items: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
-            detector.run_prepared(&items, scratch)
+            detector.run_prepared_on(&items, scratch, on)
         };
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        if on != RunOn::Main && detector.lanes_ready() {
+            self.stats.lane_runs.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
         match result {
             Ok(predictions) => {
                 for (job, r) in batch.drain(..).zip(predictions) {
-                    let _ = job.reply.send(Done { prepared: job.prepared, result: Ok(r) });
+                    let _ =
+                        job.reply.send(Done { prepared: job.prepared, result: Ok(r), ticket: job.ticket });
                 }
             }
             Err(e) => {
@@ -250,9 +418,120 @@ impl Runner {
                     let _ = job.reply.send(Done {
                         prepared: job.prepared,
                         result: Err(InferenceError::Run(message.clone())),
+                        ticket: job.ticket,
                     });
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_inference::{ImageView, ModelOptions};
+
+    #[test]
+    fn a_lone_frame_runs_on_main_and_queued_frames_go_side_by_side() {
+        let mut s = LaneState::default();
+        // The model is idle and nothing waited: every thread, one run.
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
+        // Nothing starts beside a main run: the next frame waits for it...
+        assert_eq!(s.try_begin(false, 2), None);
+        s.end(Mode::Main);
+        // ...and, having waited, goes on a lane, as does the one after it
+        // while that lane runs.
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Side));
+        // Every lane busy: wait.
+        assert_eq!(s.try_begin(false, 2), None);
+        s.end(Mode::Side);
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
+        s.end(Mode::Side);
+        s.end(Mode::Side);
+        // Once the lanes are idle, a frame that did not wait gets every thread again.
+        assert_eq!(s, LaneState::default());
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
+    }
+
+    /// A white disc on a dark 640x480 frame, its centre at x.
+    fn frame(x: f32) -> Vec<u8> {
+        let (w, h) = (640usize, 480usize);
+        let mut rgb = vec![10u8; w * h * 3];
+        for py in 0..h {
+            for px in 0..w {
+                if (px as f32 - x).powi(2) + (py as f32 - 240.0).powi(2) <= 400.0 {
+                    rgb[(py * w + px) * 3..][..3].fill(240);
+                }
+            }
+        }
+        rgb
+    }
+
+    /// One camera, two frames with the runners at a time, as the camera
+    /// worker submits them: the answers come back in the order the frames
+    /// went in, each the answer for its own frame, lanes and all.
+    #[test]
+    fn with_lanes_answers_come_back_in_frame_order() {
+        vigil_inference::runtime::init().expect("ONNX Runtime (deploy/bootstrap.sh installs it)");
+        let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ball/ball.onnx");
+        let detector = Arc::new(
+            Detector::load("ball", &model, ModelOptions { intra_threads: 2, lanes: 2, ..Default::default() })
+                .expect("ball model"),
+        );
+        detector.load_lanes().expect("lanes");
+        let queue = InferenceQueue::start(
+            "ball",
+            BatchPolicy { max_batch: 1, wait: Duration::ZERO },
+            1,
+            detector.lanes(),
+        );
+        let submitter = queue.submitter(2);
+        let positions: Vec<f32> = (0..8).map(|i| 60.0 + 70.0 * i as f32).collect();
+        let frames: Vec<Vec<u8>> = positions.iter().map(|&x| frame(x)).collect();
+        let frames_run = 60;
+        let mut spare: Vec<Prepared> = (0..3).map(|_| Prepared::default()).collect();
+        let mut sent = std::collections::VecDeque::new();
+        let mut answered = Vec::new();
+        let mut check = |done: Done, x: f32| {
+            let (pred, _) = done.result.expect("run");
+            assert_eq!(pred.detections.len(), 1, "{pred:?}");
+            let centre = (pred.detections[0].bbox.x1 + pred.detections[0].bbox.x2) / 2.0;
+            assert!((centre - x).abs() < 4.0, "the answer for the disc at {x} found one at {centre}");
+            answered.push(x);
+            done.prepared
+        };
+        for n in 0..frames_run {
+            let x = positions[n % positions.len()];
+            let view = ImageView::new(&frames[n % frames.len()], 640, 480, 640 * 3).expect("view");
+            let mut prepared = match spare.pop() {
+                Some(p) => p,
+                None => {
+                    let done = submitter.wait().expect("answer");
+                    check(done, sent.pop_front().expect("sent"))
+                }
+            };
+            submitter.prepare(&detector, &mut prepared, false, |d, p| d.prepare(&view, p));
+            while submitter.running() >= 2 {
+                assert!(submitter.wait_any());
+            }
+            assert!(submitter.submit(detector.clone(), prepared));
+            sent.push_back(x);
+            while !sent.is_empty() && submitter.ready() {
+                let done = submitter.wait().expect("answer");
+                spare.push(check(done, sent.pop_front().expect("sent")));
+            }
+        }
+        while let Some(x) = sent.pop_front() {
+            let done = submitter.wait().expect("answer");
+            spare.push(check(done, x));
+        }
+        let expected: Vec<f32> = (0..frames_run).map(|n| positions[n % positions.len()]).collect();
+        assert_eq!(answered, expected, "answers in frame order");
+        let (runs, lane_runs) =
+            (queue.stats.runs.load(Ordering::Relaxed), queue.stats.lane_runs.load(Ordering::Relaxed));
+        assert_eq!(runs, frames_run as u64);
+        // Every second frame is submitted while the one before it runs.
+        assert!(lane_runs > 0, "no frame ran on a lane in {runs} runs");
     }
 }
