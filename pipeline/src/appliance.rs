@@ -535,8 +535,12 @@ impl Appliance {
                 max_in_flight: c.model.as_ref().map_or(1, |m| in_flight(&threads, m)),
                 input_buffers: c.model.as_ref().map_or(1, |m| {
                     let cameras = cfg.cameras.iter().filter(|o| o.model.as_ref() == Some(m)).count();
-                    input_buffers(cameras, threads.model_sessions[m], queues[m].1.max_batch)
-                        .max(in_flight(&threads, m) + 1)
+                    input_buffers(
+                        cameras,
+                        threads.model_sessions[m],
+                        queues[m].1.max_batch,
+                        in_flight(&threads, m),
+                    )
                 }),
                 model_slot,
                 events,
@@ -1135,7 +1139,8 @@ struct Worker {
     /// lanes (its model's only camera) one per lane.
     max_in_flight: usize,
     /// Model inputs this worker fills: two to prepare a frame while the
-    /// previous one runs, one where other cameras keep the runners busy.
+    /// previous one runs, one where other cameras keep the runners busy,
+    /// one more than `max_in_flight` with lanes.
     input_buffers: usize,
     events: CameraEvents,
     events_tx: mpsc::Sender<Emitted>,
@@ -1160,8 +1165,17 @@ struct Worker {
 /// frames its runners take at once. With more cameras, the others' frames
 /// fill that time, and one input each is enough (four cameras on two
 /// sessions: 20 MB less, throughput unchanged).
-fn input_buffers(cameras: usize, sessions: usize, max_batch: usize) -> usize {
-    if cameras > sessions.max(1) * max_batch.max(1) { 1 } else { 2 }
+///
+/// With lanes (`in_flight` > 1), one more than the frames the camera may
+/// have with the runners: the next is prepared while they run.
+fn input_buffers(cameras: usize, sessions: usize, max_batch: usize, in_flight: usize) -> usize {
+    if in_flight > 1 {
+        in_flight + 1
+    } else if cameras > sessions.max(1) * max_batch.max(1) {
+        1
+    } else {
+        2
+    }
 }
 
 /// Frames a camera of model `model` may have with its runner at once.
@@ -1454,13 +1468,15 @@ mod tests {
     #[test]
     fn a_second_input_buffer_only_where_the_runners_would_wait_for_it() {
         // One camera: preprocessing overlaps the run.
-        assert_eq!(input_buffers(1, 1, 1), 2);
+        assert_eq!(input_buffers(1, 1, 1, 1), 2);
         // As many cameras as sessions: each runner has only its camera.
-        assert_eq!(input_buffers(2, 2, 1), 2);
+        assert_eq!(input_buffers(2, 2, 1, 1), 2);
         // Four cameras on two sessions: the others' frames fill the gap.
-        assert_eq!(input_buffers(4, 2, 1), 1);
+        assert_eq!(input_buffers(4, 2, 1, 1), 1);
         // Four cameras batched four at a time in one session: a batch needs all four.
-        assert_eq!(input_buffers(4, 1, 4), 2);
-        assert_eq!(input_buffers(5, 1, 4), 1);
+        assert_eq!(input_buffers(4, 1, 4, 1), 2);
+        assert_eq!(input_buffers(5, 1, 4, 1), 1);
+        // One camera on two lanes: two frames running, the next being prepared.
+        assert_eq!(input_buffers(1, 1, 1, 2), 3);
     }
 }

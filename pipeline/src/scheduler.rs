@@ -35,12 +35,10 @@
 //! each batch holds frames of one version only, so every frame is run by the
 //! version it was prepared for.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
-
 use std::cell::{Cell, RefCell};
-use std::sync::Condvar;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use vigil_inference::{Detector, InferenceError, Prediction, Prepared, RunOn, RunScratch, Timings};
 
@@ -85,6 +83,8 @@ pub struct RunnerStats {
 struct LaneState {
     main: bool,
     side: usize,
+    /// Runners holding a frame that could not start yet.
+    waiting: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,13 +94,21 @@ enum Mode {
 }
 
 impl LaneState {
-    /// Where a frame taken now runs, if it can start at all. `waited`: it
-    /// already had to wait for a run (frames are queueing).
+    /// Where a frame taken now runs, if it can start at all (`None`: it
+    /// waits, counted in `waiting`). `waited`: it was refused before, so
+    /// frames are queueing. A frame that arrives while another waits is
+    /// queueing too: it must not take every thread ahead of the waiter.
     fn try_begin(&mut self, waited: bool, lanes: usize) -> Option<Mode> {
         if self.main || self.side >= lanes {
+            if !waited {
+                self.waiting += 1;
+            }
             return None;
         }
-        if self.side == 0 && !waited {
+        if waited {
+            self.waiting -= 1;
+        }
+        if self.side == 0 && !waited && self.waiting == 0 {
             self.main = true;
             return Some(Mode::Main);
         }
@@ -452,6 +460,16 @@ mod tests {
         // Once the lanes are idle, a frame that did not wait gets every thread again.
         assert_eq!(s, LaneState::default());
         assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
+
+        // A frame that comes while another waits for the main run does
+        // not take every thread ahead of it: both go on lanes.
+        assert_eq!(s.try_begin(false, 2), None);
+        s.end(Mode::Main);
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Side), "the waiter's turn is not taken");
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
+        s.end(Mode::Side);
+        s.end(Mode::Side);
+        assert_eq!(s, LaneState::default());
     }
 
     /// A white disc on a dark 640x480 frame, its centre at x.
