@@ -175,6 +175,13 @@ pub struct Detector {
     lanes_requested: AtomicBool,
 }
 
+/// A small black frame: what a model is test-run on when it loads.
+static BLANK: [u8; 64 * 48 * 3] = [0; 64 * 48 * 3];
+
+fn blank_frame() -> ImageView<'static> {
+    ImageView::new(&BLANK, 64, 48, 64 * 3).expect("BLANK holds a whole 64x48 frame")
+}
+
 /// Where a run goes: a main copy of the session, or one of the lanes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOn {
@@ -386,9 +393,7 @@ impl Detector {
             lane_options,
             lanes_requested: AtomicBool::new(false),
         };
-        let blank = vec![0u8; 64 * 48 * 3];
-        let view =
-            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| InferenceError::Run("internal".into()))?;
+        let view = blank_frame();
         let mut scratch = Scratch::default();
         detector.detect(&view, &mut scratch).map_err(|e| InferenceError::Unsupported {
             path: path.to_owned(),
@@ -490,9 +495,7 @@ impl Detector {
             lanes
                 .push(Mutex::new(b.commit_from_memory(&bytes).map_err(|e| load_error(path, e.to_string()))?));
         }
-        let blank = vec![0u8; 64 * 48 * 3];
-        let view =
-            ImageView::new(&blank, 64, 48, 64 * 3).ok_or_else(|| InferenceError::Run("internal".into()))?;
+        let view = blank_frame();
         let mut scratch = Scratch::default();
         self.prepare(&view, &mut scratch.prepared);
         for lane in &lanes {
