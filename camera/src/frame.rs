@@ -403,6 +403,19 @@ pub struct FrameSlot {
 struct SlotState {
     frame: Option<Frame>,
     closed: bool,
+    /// Set by `nudge`, cleared by the `take_or_nudged` it wakes.
+    nudged: bool,
+}
+
+/// What [`FrameSlot::take_or_nudged`] woke up to.
+#[derive(Debug)]
+pub enum Taken {
+    Frame(Frame),
+    /// [`FrameSlot::nudge`] was called: something else the consumer waits
+    /// for is there.
+    Nudged,
+    /// The time ran out, or the slot is closed and empty.
+    Empty,
 }
 
 impl FrameSlot {
@@ -450,6 +463,34 @@ impl FrameSlot {
                 return st.frame.take();
             }
         }
+    }
+
+    /// [`FrameSlot::take_timeout`] that also returns, without a frame, when
+    /// [`FrameSlot::nudge`] is called: a consumer waiting for either a new
+    /// frame or something else (its frames' inference answers) waits on one
+    /// thing. A nudge made before the wait is not lost.
+    pub fn take_or_nudged(&self, timeout: Duration) -> Taken {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock();
+        loop {
+            if let Some(f) = st.frame.take() {
+                drop(st);
+                self.taken.notify_one();
+                return Taken::Frame(f);
+            }
+            if std::mem::take(&mut st.nudged) {
+                return Taken::Nudged;
+            }
+            if st.closed || self.ready.wait_until(&mut st, deadline).timed_out() {
+                return st.frame.take().map_or(Taken::Empty, Taken::Frame);
+            }
+        }
+    }
+
+    /// Wakes a consumer in [`FrameSlot::take_or_nudged`] without a frame.
+    pub fn nudge(&self) {
+        self.state.lock().nudged = true;
+        self.ready.notify_all();
     }
 
     /// Wakes the consumer for good: after this `take_timeout` returns `None`
@@ -586,6 +627,27 @@ mod tests {
         let rgb: Vec<u8> = (0..4 * 2 * 3).map(|v| v as u8).collect();
         let crop = Frame::from_rgb("c", 0, 4, 2, rgb).crop(1, 0, 2, 2);
         assert_eq!(crop.to_rgb(), vec![3, 4, 5, 6, 7, 8, 15, 16, 17, 18, 19, 20]);
+    }
+
+    #[test]
+    fn a_nudge_wakes_the_consumer_without_a_frame_and_is_never_lost() {
+        let slot = FrameSlot::new();
+        // Made before the wait: returned at once, then spent.
+        slot.nudge();
+        assert!(matches!(slot.take_or_nudged(Duration::from_secs(10)), Taken::Nudged));
+        assert!(matches!(slot.take_or_nudged(Duration::from_millis(1)), Taken::Empty));
+        // Made while the consumer waits: wakes it.
+        let nudger = {
+            let slot = slot.clone();
+            std::thread::spawn(move || slot.nudge())
+        };
+        assert!(matches!(slot.take_or_nudged(Duration::from_secs(10)), Taken::Nudged));
+        nudger.join().expect("nudger thread");
+        // A frame comes first when both are there.
+        slot.nudge();
+        slot.put(frame(5));
+        assert!(matches!(slot.take_or_nudged(Duration::from_secs(10)), Taken::Frame(f) if f.seq() == 5));
+        assert!(matches!(slot.take_or_nudged(Duration::from_secs(10)), Taken::Nudged));
     }
 
     #[test]

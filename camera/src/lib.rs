@@ -26,7 +26,7 @@ mod source;
 mod supervisor;
 
 pub use error::CameraError;
-pub use frame::{Frame, FrameSlot, I420Planes, YuvMatrix, packed_rgb};
+pub use frame::{Frame, FrameSlot, I420Planes, Taken, YuvMatrix, packed_rgb};
 pub use progress::Progress;
 pub use reader::FrameReader;
 pub use source::{Source, V4l2Mode, redact};

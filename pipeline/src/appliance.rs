@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use vigil_camera::{Camera, Frame, FrameSlot, Progress};
+use vigil_camera::{Camera, Frame, FrameSlot, Progress, Taken};
 use vigil_inference::{
     BBox, Detector, I420View, ImageView, ModelInfo, Prediction, Prepared, YuvMatrix, runtime,
 };
@@ -37,7 +37,7 @@ use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::rules::RuleState;
-use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter};
+use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter, Waker};
 use crate::snapshots::{Retention, SnapshotStore};
 use crate::threads::ThreadPlan;
 use crate::{StartError, annotate, azure};
@@ -527,11 +527,16 @@ impl Appliance {
                 stages: Arc::default(),
                 rate_sample: Mutex::new(None),
             };
+            // An answer wakes the worker where it waits for frames.
+            let submitter = c.model.as_ref().map(|m| {
+                let slot = slot.clone();
+                queues[m].0.submitter(in_flight(&threads, m), Some(Waker::new(move || slot.nudge())))
+            });
             let worker = spawn_worker(Worker {
                 device: cfg.device_id.clone(),
                 camera: c.name.clone(),
                 slot,
-                submitter: c.model.as_ref().map(|m| queues[m].0.submitter(in_flight(&threads, m))),
+                submitter,
                 max_in_flight: c.model.as_ref().map_or(1, |m| in_flight(&threads, m)),
                 input_buffers: c.model.as_ref().map_or(1, |m| {
                     let cameras = cfg.cameras.iter().filter(|o| o.model.as_ref() == Some(m)).count();
@@ -1211,18 +1216,30 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 {
                     break;
                 }
-                // While a frame is with the model, the next one is prepared
-                // as soon as it is there (preprocessing overlaps the run);
-                // with nothing there, the answer is handled first so that
-                // events never wait for the next frame.
+                // While frames are with the model, the worker waits for
+                // whichever comes first: the next frame, prepared at once
+                // (preprocessing overlaps the runs; with lanes it may run
+                // beside them), or an answer (the runner nudges the slot),
+                // handled at once so that events never wait for a frame.
+                let answered = || w.submitter.as_ref().is_some_and(Submitter::ready);
                 let next = if in_flight.is_empty() {
                     w.slot.take_timeout(Duration::from_millis(500))
+                } else if answered() {
+                    None
                 } else {
-                    w.slot.take_timeout(Duration::ZERO)
+                    match w.slot.take_or_nudged(Duration::from_millis(500)) {
+                        Taken::Frame(frame) => Some(frame),
+                        Taken::Nudged | Taken::Empty => None,
+                    }
                 };
                 let Some(frame) = next else {
-                    if let Some(job) = in_flight.pop_front() {
-                        if !w.finish_inference(job, &mut spare, &mut last) {
+                    if !in_flight.is_empty() {
+                        // An answer is back; once the camera has ended, the
+                        // rest are waited for.
+                        if (answered() || w.slot.is_closed())
+                            && let Some(job) = in_flight.pop_front()
+                            && !w.finish_inference(job, &mut spare, &mut last)
+                        {
                             break;
                         }
                         continue;

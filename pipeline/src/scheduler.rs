@@ -58,6 +58,34 @@ struct Job {
     reply: mpsc::SyncSender<Done>,
     /// The submitter's count of this frame: answers are handed back in it.
     ticket: u64,
+    waker: Option<Waker>,
+}
+
+impl Job {
+    /// Hands the answer back (the worker may have gone: then it is dropped).
+    fn answer(self, result: Result<(Prediction, Timings), InferenceError>) {
+        let _ = self.reply.send(Done { prepared: self.prepared, result, ticket: self.ticket });
+        if let Some(wake) = &self.waker {
+            (wake.0)();
+        }
+    }
+}
+
+/// Called after each answer is sent: wakes a worker that waits for either
+/// its next frame or an answer.
+#[derive(Clone)]
+pub struct Waker(Arc<dyn Fn() + Send + Sync>);
+
+impl Waker {
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Waker {
+        Waker(Arc::new(wake))
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
 }
 
 /// A frame's answer, with its buffers back for the next frame.
@@ -189,8 +217,8 @@ impl InferenceQueue {
     }
 
     /// A handle for one camera worker that will have at most `in_flight`
-    /// frames with the runners.
-    pub fn submitter(&self, in_flight: usize) -> Submitter {
+    /// frames with the runners. `waker` is called after each answer.
+    pub fn submitter(&self, in_flight: usize, waker: Option<Waker>) -> Submitter {
         // Room for every answer: a runner never waits for the worker.
         let (reply, answers) = mpsc::sync_channel(in_flight.max(1));
         Submitter {
@@ -202,6 +230,7 @@ impl InferenceQueue {
             submitted: Cell::new(0),
             answered: Cell::new(0),
             early: RefCell::default(),
+            waker,
         }
     }
 }
@@ -222,6 +251,7 @@ pub struct Submitter {
     answered: Cell<u64>,
     /// Answers that came before an older frame's (lanes finish in any order).
     early: RefCell<Vec<Done>>,
+    waker: Option<Waker>,
 }
 
 impl Submitter {
@@ -244,7 +274,8 @@ impl Submitter {
     /// Hands a prepared frame to the runner. `false` when the runner is gone.
     pub fn submit(&self, detector: Arc<Detector>, prepared: Prepared) -> bool {
         let ticket = self.submitted.get();
-        let sent = self.tx.send(Job { detector, prepared, reply: self.reply.clone(), ticket }).is_ok();
+        let job = Job { detector, prepared, reply: self.reply.clone(), ticket, waker: self.waker.clone() };
+        let sent = self.tx.send(job).is_ok();
         self.submitted.set(ticket + 1);
         // After the send: the runner never sees "nobody preparing" and an
         // empty queue while this frame is between the two.
@@ -416,18 +447,13 @@ impl Runner {
         match result {
             Ok(predictions) => {
                 for (job, r) in batch.drain(..).zip(predictions) {
-                    let _ =
-                        job.reply.send(Done { prepared: job.prepared, result: Ok(r), ticket: job.ticket });
+                    job.answer(Ok(r));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Done {
-                        prepared: job.prepared,
-                        result: Err(InferenceError::Run(message.clone())),
-                        ticket: job.ticket,
-                    });
+                    job.answer(Err(InferenceError::Run(message.clone())));
                 }
             }
         }
@@ -504,7 +530,7 @@ mod tests {
             1,
             detector.lanes(),
         );
-        let submitter = queue.submitter(2);
+        let submitter = queue.submitter(2, None);
         let positions: Vec<f32> = (0..8).map(|i| 60.0 + 70.0 * i as f32).collect();
         let frames: Vec<Vec<u8>> = positions.iter().map(|&x| frame(x)).collect();
         let frames_run = 60;
