@@ -507,6 +507,33 @@ def case_latency(a, broker, clip10, threads):
     return rounds
 
 
+def case_live30(a, broker, clip, threads):
+    """One live camera at 30 fps (the 30 fps clip played in real time), as
+    fast as two cores nearly run YOLOv8n: lanes planned (on) and off, round
+    after round. Frames analysed and dropped, capture-to-publish, CPU."""
+    rounds = {"lanes": [], "no_lanes": []}
+    for _ in range(a.repeats):
+        for key, extra in (("lanes", ""), ("no_lanes", "lanes = 0\n")):
+            col = Collector(broker.port, "#")
+            cams = [("cam1", f"file://{clip}", "")]
+            v = Vigil(a.vigil, a.work, vigil_config(broker.port, a.model, cams, a.model_extra + extra))
+            wait_for("the clip to end", lambda: v.health()["cameras"][0]["state"] == "ended", 300, 0.2)
+            # The last frames may still be with the model: every frame accounted for.
+            wait_for("the last answers", lambda: (lambda c: c["frames_processed"] + c["frames_dropped_busy"]
+                                                  >= c["frames_received"])(v.health()["cameras"][0]), 30, 0.1)
+            h = v.health()
+            c, m = h["cameras"][0], h["models"][0]
+            cpu_s = proc_cpu_s(v.p.pid)
+            v.stop()
+            lat = [json.loads(p)["latency_ms"] for t, p in col.take() if t.endswith("/detections")][10:]
+            col.stop()
+            rounds[key].append({"received": c["frames_received"], "processed": c["frames_processed"],
+                                "dropped": c["frames_dropped_busy"], "lane_runs": m["lane_runs"], "runs": m["runs"],
+                                "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                                "cpu_s_per_frame": cpu_s / max(c["frames_processed"], 1)})
+    return rounds
+
+
 def bare_capacity(a, threads, rounds):
     """Adds this round's two bare loops to `rounds`: one session with every
     thread, and side-by-side copies as Vigil's thread plan runs them."""
@@ -598,7 +625,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--frames", type=int, default=300, help="frames of the 30 fps clip")
     ap.add_argument("--cases", default="one,latency,four,still",
-                    help="any of one, latency, four, still; four-fps: the four cameras' throughput alone")
+                    help="any of one, latency, four, still; four-fps: the four cameras' throughput alone; "
+                         "live30: one live 30 fps camera with lanes on and off")
     ap.add_argument("--threads", type=int, default=0,
                     help="ONNX Runtime threads for Vigil, bare and Python (default: Vigil's plan, every core)")
     ap.add_argument("--out", default=None)
@@ -632,6 +660,8 @@ def main():
             result["latency"] = case_latency(a, broker, clip10, threads)
         if "four" in cases:
             result["four_cameras"] = case_four_cameras(a, broker, clip, threads)
+        if "live30" in cases:
+            result["live30"] = case_live30(a, broker, clip, threads)
         if "four-fps" in cases:
             result["four_fps"] = case_four_throughput(a, broker, clip, threads)
         if "still" in cases:
@@ -788,6 +818,18 @@ def report(r):
         fr = "" if ratio is None else f"{ratio:7.3f}"
         fpr = "" if py_ratio is None else f"{py_ratio:8.3f}"
         print(f"| {name:<56} | {fv} | {fp:>9} | {target:<22} | {fr:>7} | {fpr:>8} |")
+    if "live30" in r:
+        on, off = r["live30"]["lanes"], r["live30"]["no_lanes"]
+        print(f"\nlive 30 fps, one camera, {len(on)} rounds (medians; per round in brackets): lanes on | off")
+        for what, key, f in (("frames analysed", "processed", "{:.0f}"), ("frames dropped", "dropped", "{:.0f}"),
+                             ("latency p50 ms", "p50_ms", "{:.1f}"), ("latency p99 ms", "p99_ms", "{:.1f}"),
+                             ("CPU ms/frame", "cpu_s_per_frame", "{:.1f}")):
+            k = 1e3 if key == "cpu_s_per_frame" else 1
+
+            def show(runs):
+                return (f.format(med(runs, key) * k) + " (" + ", ".join(f.format(x[key] * k) for x in runs) + ")")
+            print(f"  {what:<16} {show(on)} | {show(off)}")
+        print(f"  runs on lanes    {statistics.median(x['lane_runs'] / x['runs'] for x in on):.2f}")
     if "still" in r:
         g, e = r["still"]["gated"], r["still"]["every"]
         frames = med(g, "received")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Vigil against bare session.run and a plain Python pipeline, one command:
 #
-#   bench/pipeline.sh [--model-size n|s] [--repeats N] [--frames N] [--cases one,latency,four,still,four-fps]
+#   bench/pipeline.sh [--model-size n|s] [--repeats N] [--frames N] [--cases one,latency,four,still,four-fps,live30]
 #
 # --model-size s runs YOLOv8s (three times YOLOv8n's compute) instead of
 # YOLOv8n: the same pipeline around a heavier model.
