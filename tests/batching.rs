@@ -120,7 +120,8 @@ fn four_cameras_on_side_by_side_sessions_lose_no_frame_to_a_swap() {
 fn one_camera_runs_queued_frames_on_lanes_in_order_and_a_swap_loses_no_frame() {
     let m = cameras_with_a_swap(1, "threads = 2", 1);
     assert_eq!(m["lanes"], 2, "{m}");
-    // Decoding a 320x240 clip takes a fraction of a 640x640 run: the frames queue.
+    // Decoding a 320x240 clip takes a fraction of a 640x640 run: frames
+    // come faster than main runs.
     assert_eq!(m["lanes_ready"], true, "{m}");
     assert!(m["lane_runs"].as_u64().is_some_and(|n| n > 0), "{m}");
     println!("lanes: {} of {} runs", m["lane_runs"], m["runs"]);

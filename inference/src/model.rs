@@ -27,12 +27,11 @@ pub struct ModelOptions {
     /// that many frames can be in `session.run` at once, each with
     /// `intra_threads` threads.
     pub sessions: usize,
-    /// Side-by-side lanes for when frames queue (0 or 1: none): this many
-    /// more copies of the session, each with `intra_threads / lanes`
-    /// threads. A frame that finds the model idle runs on the main copy with
-    /// every thread (the shortest run); frames that queue run on the lanes,
-    /// several at once, which gets more frames per second out of the same
-    /// threads (see `Detector::run_prepared_on`). CPU only.
+    /// Side-by-side lanes (0 or 1: none): this many more copies of the
+    /// session, each with `intra_threads / lanes` threads. The caller picks
+    /// per run (`Detector::run_prepared_on`): the main copy with every
+    /// thread gives the shortest run, lanes running at once give more runs
+    /// per second from the same threads. CPU only.
     pub lanes: usize,
     /// The most frames one run will be given; 0: as many as the model takes.
     /// At 1 every run has the same shape, which lets ONNX Runtime plan its
@@ -347,7 +346,7 @@ impl Detector {
     /// decoder fits.
     pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
         let (bytes, sessions, facts, provider) = read_facts_with(path, &options)?;
-        // Lanes are for the CPU; they load when frames first queue.
+        // Lanes are for the CPU; they load the first time they are wanted.
         let lane_options = (options.lanes > 1 && provider.active == Provider::Cpu.ort_name()).then(|| {
             ModelOptions { intra_threads: (options.intra_threads / options.lanes).max(1), ..options.clone() }
         });
@@ -459,7 +458,7 @@ impl Detector {
                         version = detector.info.version,
                         lanes = detector.lanes(),
                         ms = t0.elapsed().as_millis() as u64,
-                        "frames queue: lanes loaded, queued frames now run side by side"
+                        "frames come faster than the model runs: lanes loaded, frames now run side by side"
                     ),
                     Err(e) => tracing::warn!(
                         model = %detector.info.name,

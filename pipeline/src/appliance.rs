@@ -205,9 +205,9 @@ pub struct ModelHealth {
     pub threads: usize,
     /// Copies of the session running side by side.
     pub sessions: usize,
-    /// Lanes for when frames queue (0: none; see `models[].lanes`).
+    /// Lanes for a camera faster than the model (0: none; see `models[].lanes`).
     pub lanes: usize,
-    /// The lanes are loaded (they load the first time frames queue).
+    /// The lanes are loaded (they load the first time they are wanted).
     pub lanes_ready: bool,
     /// The most frames one run takes: the config's `batch` and what the
     /// model accepts, whichever is less.
@@ -944,7 +944,7 @@ impl Appliance {
             &mut o,
             "vigil_model_lane_runs_total",
             "counter",
-            "Model runs that went on a lane, beside another, because the camera's frames queued.",
+            "Model runs that went on a lane, beside another: the camera's frames came faster than a main run.",
         );
         for m in &h.models {
             let _ =

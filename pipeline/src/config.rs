@@ -320,9 +320,9 @@ pub struct ModelConfig {
     /// share of the cores; one on a GPU).
     #[serde(default)]
     pub sessions: Option<usize>,
-    /// For a model with one camera on the CPU: when that camera's frames
-    /// queue, this many run side by side, each on `threads / lanes` threads
-    /// (a frame that finds the model idle still gets every thread). Unset:
+    /// For a model with one camera on the CPU: while that camera's frames
+    /// come faster than a run with every thread takes, this many run side
+    /// by side, each on `threads / lanes` threads. Unset:
     /// 2 when the model has one camera and at least two threads; 0 turns
     /// it off. Each lane is another copy of the session in memory.
     #[serde(default)]

@@ -24,12 +24,12 @@
 //! frames are not due, never wait for anyone.
 //!
 //! Lanes (a CPU model with one camera, see `threads.rs`): the camera may
-//! have two frames with the runners, and each lane has its runner. A frame
-//! that finds the model idle runs on the main session with every thread;
-//! one that had to wait for such a run, or finds another lane running,
-//! runs on its lane beside it. So a camera that keeps up gets the shortest
-//! runs, and one that falls behind gets the most runs per second; the
-//! answers go back in the order the frames came.
+//! have two frames with the runners, and each lane has its runner. While
+//! runs on the main session (every thread) keep up with the camera, its
+//! frames run there, one at a time; once its frames come faster, they run
+//! side by side on the lanes (see `LaneState`). So a camera that keeps up
+//! gets the shortest runs, and one that falls behind gets the most runs per
+//! second; the answers go back in the order the frames came.
 //!
 //! A hot swap can leave frames prepared for the old version in the queue;
 //! each batch holds frames of one version only, so every frame is run by the
@@ -106,13 +106,33 @@ pub struct RunnerStats {
 }
 
 /// Which runs of a laned model may go: one on the main session (every
-/// thread), or up to `lanes` side by side, never both.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// thread), or up to `lanes` side by side, never both; and which of the two
+/// the camera needs now.
+///
+/// Lanes are for a camera whose frames come faster than a main run takes:
+/// then they get more frames through. A camera that a main run keeps up
+/// with gets the shorter runs, even when a frame now and then has to wait
+/// for the one before (it would otherwise sit on the lanes for good, each
+/// frame taking a one-thread run: +20 ms at the median for a live 30 fps
+/// camera on two cores). Hence the two rates, kept as moving averages: the
+/// time between frames reaching the runners, and a main run's time. On the
+/// lanes once frames come faster than main runs; back once they come 15 %
+/// slower (the gap keeps jitter from flipping it). On the lanes no main run
+/// times itself, and the machine's speed drifts, so one frame in
+/// `MAIN_PROBE` runs on the main copy (after the lanes empty) to keep that
+/// average current.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct LaneState {
     main: bool,
     side: usize,
     /// Runners holding a frame that could not start yet.
     waiting: usize,
+    on_lanes: bool,
+    last_arrival: Option<Instant>,
+    interval_s: Option<f64>,
+    main_run_s: Option<f64>,
+    /// Side runs since the last main run.
+    since_main: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,13 +141,46 @@ enum Mode {
     Side,
 }
 
+/// Weight of the newest interval in its moving average (about the last ten frames).
+const RATE_WEIGHT: f64 = 0.1;
+/// The same for main runs, which are fewer on the lanes (the probes).
+const RUN_WEIGHT: f64 = 0.3;
+/// How much slower than a main run frames must come to leave the lanes.
+const LEAVE_LANES: f64 = 1.15;
+/// On the lanes, one frame in this many runs on the main copy (see `LaneState`).
+const MAIN_PROBE: u32 = 50;
+
+fn average(avg: Option<f64>, sample: f64, weight: f64) -> Option<f64> {
+    Some(avg.map_or(sample, |a| a + weight * (sample - a)))
+}
+
 impl LaneState {
+    /// A frame reached the runners at `now`.
+    fn arrive(&mut self, now: Instant) {
+        if let Some(last) = self.last_arrival {
+            self.interval_s = average(self.interval_s, (now - last).as_secs_f64(), RATE_WEIGHT);
+        }
+        self.last_arrival = Some(now);
+        if let (Some(interval), Some(run)) = (self.interval_s, self.main_run_s) {
+            if interval < run {
+                self.on_lanes = true;
+            } else if interval > LEAVE_LANES * run {
+                self.on_lanes = false;
+            }
+        }
+    }
+
     /// Where a frame taken now runs, if it can start at all (`None`: it
-    /// waits, counted in `waiting`). `waited`: it was refused before, so
-    /// frames are queueing. A frame that arrives while another waits is
-    /// queueing too: it must not take every thread ahead of the waiter.
+    /// waits, counted in `waiting`). `waited`: it was refused before. A
+    /// frame that arrives while another waits must not start ahead of it.
     fn try_begin(&mut self, waited: bool, lanes: usize) -> Option<Mode> {
-        if self.main || self.side >= lanes {
+        let lanes_now = self.on_lanes && self.since_main < MAIN_PROBE;
+        let blocked = self.main
+            || self.side >= lanes
+            // A main run waits for the lanes to empty.
+            || (!lanes_now && self.side > 0)
+            || (!waited && self.waiting > 0);
+        if blocked {
             if !waited {
                 self.waiting += 1;
             }
@@ -136,17 +189,23 @@ impl LaneState {
         if waited {
             self.waiting -= 1;
         }
-        if self.side == 0 && !waited && self.waiting == 0 {
+        if lanes_now {
+            self.side += 1;
+            self.since_main += 1;
+            Some(Mode::Side)
+        } else {
             self.main = true;
-            return Some(Mode::Main);
+            self.since_main = 0;
+            Some(Mode::Main)
         }
-        self.side += 1;
-        Some(Mode::Side)
     }
 
-    fn end(&mut self, mode: Mode) {
+    fn end(&mut self, mode: Mode, ran: Duration) {
         match mode {
-            Mode::Main => self.main = false,
+            Mode::Main => {
+                self.main = false;
+                self.main_run_s = average(self.main_run_s, ran.as_secs_f64(), RUN_WEIGHT);
+            }
             Mode::Side => self.side -= 1,
         }
     }
@@ -162,6 +221,7 @@ struct LaneGate {
 impl LaneGate {
     fn begin(&self) -> Mode {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.arrive(Instant::now());
         let mut waited = false;
         loop {
             if let Some(mode) = state.try_begin(waited, self.lanes) {
@@ -172,8 +232,8 @@ impl LaneGate {
         }
     }
 
-    fn end(&self, mode: Mode) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).end(mode);
+    fn end(&self, mode: Mode, ran: Duration) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).end(mode, ran);
         self.changed.notify_all();
     }
 }
@@ -387,14 +447,15 @@ impl Runner {
                     let on = match mode {
                         Mode::Main => RunOn::Main,
                         Mode::Side => {
-                            // Frames queue: the lanes load (once, in the
-                            // background) and take the runs from then on.
+                            // Frames come faster than main runs: the lanes
+                            // load (once, in the background) and take them.
                             batch[0].detector.request_lanes();
                             RunOn::Lane(self.lane)
                         }
                     };
+                    let t0 = Instant::now();
                     self.execute(&mut batch, &mut scratch, on);
-                    gate.end(mode);
+                    gate.end(mode, t0.elapsed());
                 }
                 None => self.execute(&mut batch, &mut scratch, RunOn::Main),
             }
@@ -465,37 +526,74 @@ mod tests {
     use super::*;
     use vigil_inference::{ImageView, ModelOptions};
 
-    #[test]
-    fn a_lone_frame_runs_on_main_and_queued_frames_go_side_by_side() {
-        let mut s = LaneState::default();
-        // The model is idle and nothing waited: every thread, one run.
-        assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
-        // Nothing starts beside a main run: the next frame waits for it...
-        assert_eq!(s.try_begin(false, 2), None);
-        s.end(Mode::Main);
-        // ...and, having waited, goes on a lane, as does the one after it
-        // while that lane runs.
-        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
-        assert_eq!(s.try_begin(false, 2), Some(Mode::Side));
-        // Every lane busy: wait.
-        assert_eq!(s.try_begin(false, 2), None);
-        s.end(Mode::Side);
-        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
-        s.end(Mode::Side);
-        s.end(Mode::Side);
-        // Once the lanes are idle, a frame that did not wait gets every thread again.
-        assert_eq!(s, LaneState::default());
-        assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
+    /// `frames` frames, `every` apart, each run to its end before the next
+    /// comes, on main runs of `run` (side runs of twice that): the modes
+    /// they ran in.
+    fn modes(s: &mut LaneState, t: &mut Instant, every: Duration, run: Duration, frames: usize) -> Vec<Mode> {
+        (0..frames)
+            .map(|_| {
+                *t += every;
+                s.arrive(*t);
+                let mode = s.try_begin(false, 2).expect("an idle model takes the frame");
+                s.end(mode, if mode == Mode::Main { run } else { 2 * run });
+                mode
+            })
+            .collect()
+    }
 
-        // A frame that comes while another waits for the main run does
-        // not take every thread ahead of it: both go on lanes.
+    #[test]
+    fn frames_go_on_lanes_only_while_they_come_faster_than_a_main_run() {
+        let ms = Duration::from_millis;
+        let mut s = LaneState::default();
+        let mut t = Instant::now();
+        // A live camera at 10 fps, 27 ms runs: every thread, every time.
+        assert!(modes(&mut s, &mut t, ms(100), ms(27), 30).iter().all(|m| *m == Mode::Main));
+        // Frames every 20 ms: the average soon says the main runs fall behind.
+        let fast = modes(&mut s, &mut t, ms(20), ms(27), 40);
+        assert_eq!(fast.last(), Some(&Mode::Side), "{fast:?}");
+        // Every 29 ms: slower than a main run, not by 15 %; the lanes stay,
+        // but for one main run in MAIN_PROBE that keeps its time current.
+        let steady = modes(&mut s, &mut t, ms(29), ms(27), 2 * MAIN_PROBE as usize);
+        let mains = steady.iter().filter(|m| **m == Mode::Main).count();
+        assert!((1..=2).contains(&mains), "{steady:?}");
+        // Frames every 35 ms now: the old main time says every thread, but
+        // the machine has slowed down and main runs take 38 ms; the runs
+        // find that out and go back on the lanes...
+        let slower = modes(&mut s, &mut t, ms(35), ms(38), 2 * MAIN_PROBE as usize);
+        assert_eq!(slower.last(), Some(&Mode::Side), "{slower:?}");
+        // ...and when it speeds up again, the next probe takes the frames
+        // back to every thread.
+        let fast_again = modes(&mut s, &mut t, ms(40), ms(27), 2 * MAIN_PROBE as usize);
+        assert_eq!(fast_again.last(), Some(&Mode::Main), "{fast_again:?}");
+    }
+
+    #[test]
+    fn runs_never_mix_and_a_waiting_frame_keeps_its_turn() {
+        let mut s = LaneState::default();
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Main));
+        // Nothing starts beside a main run: the next frame waits for it.
         assert_eq!(s.try_begin(false, 2), None);
-        s.end(Mode::Main);
-        assert_eq!(s.try_begin(false, 2), Some(Mode::Side), "the waiter's turn is not taken");
-        assert_eq!(s.try_begin(true, 2), Some(Mode::Side));
-        s.end(Mode::Side);
-        s.end(Mode::Side);
-        assert_eq!(s, LaneState::default());
+        // A frame that comes while one waits does not start ahead of it.
+        s.end(Mode::Main, Duration::from_millis(27));
+        assert_eq!(s.try_begin(false, 2), None);
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Main), "the waiter's turn");
+        s.end(Mode::Main, Duration::from_millis(27));
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Main));
+        s.end(Mode::Main, Duration::from_millis(27));
+        assert_eq!(s.waiting, 0);
+
+        // On the lanes: up to two side by side, then wait.
+        s.on_lanes = true;
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Side));
+        assert_eq!(s.try_begin(false, 2), Some(Mode::Side));
+        assert_eq!(s.try_begin(false, 2), None);
+        // Leaving the lanes: a main run waits until both are done.
+        s.on_lanes = false;
+        s.end(Mode::Side, Duration::from_millis(50));
+        assert_eq!(s.try_begin(true, 2), None);
+        s.end(Mode::Side, Duration::from_millis(50));
+        assert_eq!(s.try_begin(true, 2), Some(Mode::Main));
+        assert_eq!((s.main, s.side, s.waiting), (true, 0, 0));
     }
 
     /// A white disc on a dark 640x480 frame, its centre at x.

@@ -40,7 +40,7 @@ pub struct ThreadPlan {
     pub model_threads: BTreeMap<String, usize>,
     /// Copies of each model's session running side by side.
     pub model_sessions: BTreeMap<String, usize>,
-    /// Side-by-side lanes of each model for when frames queue (0: none).
+    /// Side-by-side lanes of each model, for a camera faster than a run with every thread (0: none).
     pub model_lanes: BTreeMap<String, usize>,
     /// libav `max-threads` per camera decoder; `None`: the decoder's default
     /// (one per core).
