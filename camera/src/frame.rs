@@ -451,17 +451,9 @@ impl FrameSlot {
 
     /// Waits up to `timeout` for a frame. `None` on timeout or once closed.
     pub fn take_timeout(&self, timeout: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock();
-        loop {
-            if let Some(f) = st.frame.take() {
-                drop(st);
-                self.taken.notify_one();
-                return Some(f);
-            }
-            if st.closed || self.ready.wait_until(&mut st, deadline).timed_out() {
-                return st.frame.take();
-            }
+        match self.wait(timeout, false) {
+            Taken::Frame(f) => Some(f),
+            Taken::Nudged | Taken::Empty => None,
         }
     }
 
@@ -470,6 +462,12 @@ impl FrameSlot {
     /// frame or something else (its frames' inference answers) waits on one
     /// thing. A nudge made before the wait is not lost.
     pub fn take_or_nudged(&self, timeout: Duration) -> Taken {
+        self.wait(timeout, true)
+    }
+
+    /// The wait behind both: a frame first; with `nudgeable`, a pending
+    /// nudge next (spent); else until the deadline or the slot closes.
+    fn wait(&self, timeout: Duration, nudgeable: bool) -> Taken {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock();
         loop {
@@ -478,7 +476,7 @@ impl FrameSlot {
                 self.taken.notify_one();
                 return Taken::Frame(f);
             }
-            if std::mem::take(&mut st.nudged) {
+            if nudgeable && std::mem::take(&mut st.nudged) {
                 return Taken::Nudged;
             }
             if st.closed || self.ready.wait_until(&mut st, deadline).timed_out() {
