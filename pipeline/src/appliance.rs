@@ -527,25 +527,21 @@ impl Appliance {
                 stages: Arc::default(),
                 rate_sample: Mutex::new(None),
             };
+            let max_in_flight = c.model.as_ref().map_or(1, |m| in_flight(&threads, m));
             // An answer wakes the worker where it waits for frames.
             let submitter = c.model.as_ref().map(|m| {
                 let slot = slot.clone();
-                queues[m].0.submitter(in_flight(&threads, m), Some(Waker::new(move || slot.nudge())))
+                queues[m].0.submitter(max_in_flight, Some(Waker::new(move || slot.nudge())))
             });
             let worker = spawn_worker(Worker {
                 device: cfg.device_id.clone(),
                 camera: c.name.clone(),
                 slot,
                 submitter,
-                max_in_flight: c.model.as_ref().map_or(1, |m| in_flight(&threads, m)),
+                max_in_flight,
                 input_buffers: c.model.as_ref().map_or(1, |m| {
                     let cameras = cfg.cameras.iter().filter(|o| o.model.as_ref() == Some(m)).count();
-                    input_buffers(
-                        cameras,
-                        threads.model_sessions[m],
-                        queues[m].1.max_batch,
-                        in_flight(&threads, m),
-                    )
+                    input_buffers(cameras, threads.model_sessions[m], queues[m].1.max_batch, max_in_flight)
                 }),
                 model_slot,
                 events,
