@@ -114,14 +114,24 @@ pub struct RunnerStats {
 /// with gets the shorter runs, even when a frame now and then has to wait
 /// for the one before (it would otherwise sit on the lanes for good, each
 /// frame taking a one-thread run: +20 ms at the median for a live 30 fps
-/// camera on two cores). Hence the two rates, kept as moving averages: the
-/// time between frames reaching the runners, and a main run's time. On the
-/// lanes once main runs take 5 % longer than the time between frames; back
-/// once they take 3 % less (main runs near 100 % busy still keep up, and
-/// the gap keeps jitter from flipping it). On the lanes no main run
-/// times itself, and the machine's speed drifts, so one frame in
-/// `MAIN_PROBE` runs on the main copy (after the lanes empty) to keep that
-/// average current.
+/// camera on two cores).
+///
+/// Onto the lanes: when most frames find the main copy still busy with the
+/// one before (a moving average of busy arrivals over `ENTER_QUEUED`). A
+/// rate cannot tell this alone: a camera that delivers frames as fast as
+/// they are taken (a file, a backlog) sends them exactly as fast as the
+/// main runs end, so the time between frames equals a main run's time
+/// however much faster the camera could go; but each of its frames finds
+/// the one before still running. A live camera that keeps up finds the
+/// model idle, but for jitter.
+///
+/// Back: when a main run takes 3 % less than the time between frames (both
+/// moving averages), the camera's own rate, which main runs would then keep
+/// up with. On the lanes no main run times itself, and the machine's speed
+/// drifts, so one frame in `MAIN_PROBE` runs on the main copy (after the
+/// lanes empty): a probe, which decides as it ends, against the time
+/// between frames before it began (waiting for the lanes to empty, it holds
+/// up the frames behind it).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct LaneState {
     main: bool,
@@ -132,6 +142,12 @@ struct LaneState {
     last_arrival: Option<Instant>,
     interval_s: Option<f64>,
     main_run_s: Option<f64>,
+    /// Off the lanes: the moving average of frames that found the model
+    /// busy (1) or idle (0).
+    queued: f64,
+    /// While a probe from the lanes runs: the time between frames when it
+    /// began (the probe itself delays the frames behind it).
+    probe: Option<Option<f64>>,
     /// Side runs since the last main run.
     since_main: u32,
 }
@@ -147,13 +163,14 @@ enum Mode {
 /// up onto the lanes.
 const RATE_WEIGHT: f64 = 0.1;
 /// The same for a probe's main run, one in `MAIN_PROBE` frames on the lanes.
-const PROBE_WEIGHT: f64 = 0.3;
-/// A main run over the time between frames: above this, frames go on the
-/// lanes; below `LEAVE_LANES`, back.
-const ENTER_LANES: f64 = 1.05;
+const PROBE_WEIGHT: f64 = 0.5;
+/// Onto the lanes when the average of frames that found the model busy is
+/// above this: seven busy in a row from none.
+const ENTER_QUEUED: f64 = 0.5;
+/// Back off them when a main run over the time between frames is below this.
 const LEAVE_LANES: f64 = 0.97;
 /// On the lanes, one frame in this many runs on the main copy (see `LaneState`).
-const MAIN_PROBE: u32 = 30;
+const MAIN_PROBE: u32 = 90;
 
 fn average(avg: Option<f64>, sample: f64, weight: f64) -> Option<f64> {
     Some(avg.map_or(sample, |a| a + weight * (sample - a)))
@@ -166,11 +183,12 @@ impl LaneState {
             self.interval_s = average(self.interval_s, (now - last).as_secs_f64(), RATE_WEIGHT);
         }
         self.last_arrival = Some(now);
-        if let (Some(interval), Some(run)) = (self.interval_s, self.main_run_s) {
-            if run > ENTER_LANES * interval {
+        if !self.on_lanes {
+            let busy = self.main || self.side > 0 || self.waiting > 0;
+            self.queued += RATE_WEIGHT * (f64::from(u8::from(busy)) - self.queued);
+            if self.queued > ENTER_QUEUED {
                 self.on_lanes = true;
-            } else if run < LEAVE_LANES * interval {
-                self.on_lanes = false;
+                self.since_main = 0;
             }
         }
     }
@@ -200,6 +218,7 @@ impl LaneState {
             Some(Mode::Side)
         } else {
             self.main = true;
+            self.probe = self.on_lanes.then_some(self.interval_s);
             self.since_main = 0;
             Some(Mode::Main)
         }
@@ -209,8 +228,15 @@ impl LaneState {
         match mode {
             Mode::Main => {
                 self.main = false;
-                let weight = if self.on_lanes { PROBE_WEIGHT } else { RATE_WEIGHT };
+                let probe = self.probe.take();
+                let weight = if probe.is_some() { PROBE_WEIGHT } else { RATE_WEIGHT };
                 self.main_run_s = average(self.main_run_s, ran.as_secs_f64(), weight);
+                if let (Some(Some(interval)), Some(run)) = (probe, self.main_run_s)
+                    && run < LEAVE_LANES * interval
+                {
+                    self.on_lanes = false;
+                    self.queued = 0.0;
+                }
             }
             Mode::Side => self.side -= 1,
         }
@@ -536,50 +562,136 @@ mod tests {
     use super::*;
     use vigil_inference::{ImageView, ModelOptions};
 
-    /// `frames` frames, `every` apart, each run to its end before the next
-    /// comes, on main runs of `run` (side runs of twice that): the modes
-    /// they ran in.
-    fn modes(s: &mut LaneState, t: &mut Instant, every: Duration, run: Duration, frames: usize) -> Vec<Mode> {
-        (0..frames)
-            .map(|_| {
-                *t += every;
-                s.arrive(*t);
-                let mode = s.try_begin(false, 2).expect("an idle model takes the frame");
-                s.end(mode, if mode == Mode::Main { run } else { 2 * run });
-                mode
-            })
-            .collect()
+    /// How a camera's frames reach the runners in `simulate`.
+    #[derive(Clone, Copy)]
+    enum Camera {
+        /// A live camera: a frame every so often; while two are with the
+        /// runners the newest waits in the camera's slot.
+        Live(Duration),
+        /// Frames always ready (a file read as fast as it goes, a backlog):
+        /// the next one 1 ms (its preprocessing) after either of the two
+        /// with the runners is answered.
+        Ready,
+    }
+
+    /// `frames` frames of `camera` through a gate of two lanes, main runs
+    /// taking `run` and side runs `side`, as the camera worker and the
+    /// runners drive it (up to two frames with the runners; a refused frame
+    /// waits for a run to end): the modes the frames ran in, in order.
+    fn simulate(
+        s: &mut LaneState,
+        t: &mut Instant,
+        camera: Camera,
+        (run, side): (Duration, Duration),
+        frames: usize,
+    ) -> Vec<Mode> {
+        let took = |m: Mode| if m == Mode::Main { run } else { side };
+        let mut running: Vec<(Instant, Mode)> = Vec::new();
+        let (mut waiting, mut arrived, mut started) = (0usize, 0usize, Vec::new());
+        let mut next_live = *t;
+        let mut held = false; // a live frame waits in the slot
+        let mut ready_at = *t;
+        let start = |m: Mode, at: Instant, running: &mut Vec<(Instant, Mode)>| {
+            running.push((at + took(m), m));
+            m
+        };
+        while started.len() < frames || !running.is_empty() {
+            let with_runners = running.len() + waiting;
+            let arrival = match camera {
+                _ if arrived == frames => None,
+                Camera::Live(_) if held && with_runners < 2 => Some(*t),
+                Camera::Live(_) if held => None,
+                Camera::Live(every) => Some(next_live + every),
+                Camera::Ready => (with_runners < 2).then_some(ready_at.max(*t)),
+            };
+            let end = running.iter().map(|r| r.0).min();
+            match (arrival, end) {
+                (None, None) => unreachable!("frames left but nothing to do"),
+                (Some(at), end) if end.is_none_or(|e| at < e) => {
+                    *t = at;
+                    if let Camera::Live(every) = camera {
+                        if !held {
+                            next_live += every;
+                            if with_runners >= 2 {
+                                held = true;
+                                continue;
+                            }
+                        }
+                        held = false;
+                    }
+                    arrived += 1;
+                    s.arrive(at);
+                    match s.try_begin(false, 2) {
+                        Some(m) => started.push(start(m, at, &mut running)),
+                        None => waiting += 1,
+                    }
+                }
+                (_, end) => {
+                    let e = end.expect("a run ends first");
+                    *t = e;
+                    let i = running.iter().position(|r| r.0 == e).expect("the run that ends");
+                    let (_, m) = running.remove(i);
+                    s.end(m, took(m));
+                    ready_at = e + Duration::from_millis(1);
+                    while waiting > 0 {
+                        let Some(m) = s.try_begin(true, 2) else { break };
+                        waiting -= 1;
+                        started.push(start(m, e, &mut running));
+                    }
+                }
+            }
+        }
+        started
+    }
+
+    fn share_on_lanes(modes: &[Mode]) -> f64 {
+        modes.iter().filter(|m| **m == Mode::Side).count() as f64 / modes.len() as f64
     }
 
     #[test]
-    fn frames_go_on_lanes_only_while_they_come_faster_than_a_main_run() {
+    fn frames_go_on_lanes_only_while_they_queue_for_main_runs() {
+        let ms = Duration::from_millis;
+        // Two cores: a main run 27 ms, a side run (one thread) 48 ms, so two
+        // side by side take a frame every 24 ms.
+        let fast = (ms(27), ms(48));
+        let mut s = LaneState::default();
+        let mut t = Instant::now();
+        // A live camera at 10 fps: every thread, every time.
+        let live10 = simulate(&mut s, &mut t, Camera::Live(ms(100)), fast, 30);
+        assert!(live10.iter().all(|m| *m == Mode::Main), "{live10:?}");
+        // At 30 fps, one run slowed to 60 ms by a hiccup makes the next
+        // frames wait, but does not send a camera that keeps up onto the lanes.
+        let live30 = simulate(&mut s, &mut t, Camera::Live(ms(33)), fast, 20);
+        let hiccup = simulate(&mut s, &mut t, Camera::Live(ms(33)), (ms(60), ms(48)), 1);
+        let after = simulate(&mut s, &mut t, Camera::Live(ms(33)), fast, 20);
+        assert!(live30.iter().chain(&hiccup).chain(&after).all(|m| *m == Mode::Main));
+        // The machine slows down (main runs 36 ms): the 30 fps frames queue
+        // and soon run on the lanes.
+        let slow = simulate(&mut s, &mut t, Camera::Live(ms(33)), (ms(36), ms(60)), 60);
+        assert_eq!(slow.iter().position(|m| *m == Mode::Side).map(|i| i < 15), Some(true), "{slow:?}");
+        assert!(share_on_lanes(&slow[15..]) > 0.9, "{slow:?}");
+        // It speeds up again: the next probe's main run keeps up with the
+        // camera, and the frames go back to every thread.
+        let again = simulate(&mut s, &mut t, Camera::Live(ms(33)), fast, 2 * MAIN_PROBE as usize);
+        assert!(again[again.len() - 30..].iter().all(|m| *m == Mode::Main), "{again:?}");
+    }
+
+    #[test]
+    fn a_camera_with_frames_always_ready_runs_on_the_lanes() {
+        // Its frames come exactly as fast as the main runs end, so no rate
+        // says it falls behind; each finds the one before still running.
         let ms = Duration::from_millis;
         let mut s = LaneState::default();
         let mut t = Instant::now();
-        // A live camera at 10 fps, 27 ms runs: every thread, every time.
-        assert!(modes(&mut s, &mut t, ms(100), ms(27), 30).iter().all(|m| *m == Mode::Main));
-        // At 30 fps, one run slowed to 60 ms by a hiccup does not send a
-        // camera that keeps up onto the lanes.
-        assert!(modes(&mut s, &mut t, ms(33), ms(27), 20).iter().all(|m| *m == Mode::Main));
-        assert_eq!(modes(&mut s, &mut t, ms(33), ms(60), 1), [Mode::Main]);
-        assert!(modes(&mut s, &mut t, ms(33), ms(27), 20).iter().all(|m| *m == Mode::Main));
-        // Frames every 20 ms: the average soon says the main runs fall behind.
-        let fast = modes(&mut s, &mut t, ms(20), ms(27), 40);
-        assert_eq!(fast.last(), Some(&Mode::Side), "{fast:?}");
-        // Every 27 ms, as long as a main run: the lanes stay, but for one
-        // main run in MAIN_PROBE that keeps its time current.
-        let steady = modes(&mut s, &mut t, ms(27), ms(27), 2 * MAIN_PROBE as usize);
-        let mains = steady.iter().filter(|m| **m == Mode::Main).count();
-        assert!((1..=2).contains(&mains), "{steady:?}");
-        // Frames every 35 ms now: the old main time says every thread, but
-        // the machine has slowed down and main runs take 38 ms; the runs
-        // find that out and go back on the lanes...
-        let slower = modes(&mut s, &mut t, ms(35), ms(38), 2 * MAIN_PROBE as usize);
-        assert_eq!(slower.last(), Some(&Mode::Side), "{slower:?}");
-        // ...and when it speeds up again, the next probe takes the frames
-        // back to every thread.
-        let fast_again = modes(&mut s, &mut t, ms(40), ms(27), 2 * MAIN_PROBE as usize);
-        assert_eq!(fast_again.last(), Some(&Mode::Main), "{fast_again:?}");
+        let modes = simulate(&mut s, &mut t, Camera::Ready, (ms(27), ms(48)), 300);
+        let first = modes.iter().position(|m| *m == Mode::Side).expect("onto the lanes");
+        assert!(first < 12, "{modes:?}");
+        // And it stays there: its probes find main runs slower than its
+        // frames come on the lanes.
+        assert!(share_on_lanes(&modes[first..]) > 0.95, "{modes:?}");
+        let probes = modes[first..].iter().filter(|m| **m == Mode::Main).count();
+        let expected = (modes.len() - first) / (MAIN_PROBE as usize + 1);
+        assert!(probes.abs_diff(expected) <= 1, "{probes} main runs, one in MAIN_PROBE: {modes:?}");
     }
 
     #[test]
