@@ -322,12 +322,16 @@ impl Appliance {
             );
             models.insert(m.name.clone(), Arc::new(slot));
             model_order.push(m.name.clone());
-            let queue = InferenceQueue::start(
-                &m.name,
-                policy,
-                threads.model_sessions[&m.name],
-                threads.model_lanes[&m.name],
-            );
+            // A recording analysed frame by frame always has its next frame
+            // ready: its lanes load now and take its frames from the first.
+            let lanes = threads.model_lanes[&m.name];
+            let backlog = lanes > 1
+                && cfg.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).all(|c| c.is_lossless());
+            if backlog {
+                det.request_lanes();
+            }
+            let queue =
+                InferenceQueue::start(&m.name, policy, threads.model_sessions[&m.name], lanes, backlog);
             queues.insert(m.name.clone(), (queue, policy));
         }
         let label_problems =

@@ -438,6 +438,12 @@ pub struct CameraConfig {
 }
 
 impl CameraConfig {
+    /// A recording analysed frame by frame (`realtime = false`): its next
+    /// frame is always ready.
+    pub fn is_lossless(&self) -> bool {
+        !self.realtime && self.source.starts_with("file:")
+    }
+
     /// The options `vigil_camera` runs this camera with.
     pub fn options(&self) -> vigil_camera::CameraOptions {
         vigil_camera::CameraOptions {
@@ -1215,6 +1221,18 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn only_a_recording_analysed_frame_by_frame_is_lossless() {
+        let cam = |src: &str, extra: &str| {
+            let toml = GOOD.replace("source = \"test://ball\"", &format!("source = \"{src}\"\n{extra}"));
+            toml::from_str::<Config>(&toml).expect("config").cameras[0].is_lossless()
+        };
+        assert!(cam("file:///clips/a.mp4", "realtime = false"));
+        assert!(!cam("file:///clips/a.mp4", ""), "played in real time");
+        assert!(!cam("rtsp://cam/s", "realtime = false"), "realtime only means something for files");
+        assert!(!cam("test://ball", "realtime = false"));
     }
 
     #[test]
