@@ -325,8 +325,8 @@ impl Appliance {
             // A recording analysed frame by frame always has its next frame
             // ready: its lanes load now and take its frames from the first.
             let lanes = threads.model_lanes[&m.name];
-            let backlog = lanes > 1
-                && cfg.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).all(|c| c.is_lossless());
+            let mut its_cameras = cfg.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).peekable();
+            let backlog = lanes > 1 && its_cameras.peek().is_some() && its_cameras.all(|c| c.is_lossless());
             if backlog {
                 det.request_lanes();
             }
