@@ -278,12 +278,9 @@ impl Appliance {
         let mut model_order = Vec::new();
         let mut queues = HashMap::new();
         for m in &cfg.models {
-            let cameras: Vec<String> = cfg
-                .cameras
-                .iter()
-                .filter(|c| c.model.as_ref() == Some(&m.name))
-                .map(|c| c.name.clone())
-                .collect();
+            let its_cameras: Vec<_> =
+                cfg.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).collect();
+            let cameras: Vec<String> = its_cameras.iter().map(|c| c.name.clone()).collect();
             let mut required: Vec<String> = cfg
                 .rules
                 .iter()
@@ -325,8 +322,7 @@ impl Appliance {
             // A recording analysed frame by frame always has its next frame
             // ready: its lanes load now and take its frames from the first.
             let lanes = threads.model_lanes[&m.name];
-            let mut its_cameras = cfg.cameras.iter().filter(|c| c.model.as_ref() == Some(&m.name)).peekable();
-            let backlog = lanes > 1 && its_cameras.peek().is_some() && its_cameras.all(|c| c.is_lossless());
+            let backlog = lanes > 1 && !its_cameras.is_empty() && its_cameras.iter().all(|c| c.is_lossless());
             if backlog {
                 det.request_lanes();
             }

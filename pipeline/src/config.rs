@@ -321,8 +321,9 @@ pub struct ModelConfig {
     #[serde(default)]
     pub sessions: Option<usize>,
     /// For a model with one camera on the CPU: while that camera's frames
-    /// come faster than a run with every thread takes, this many run side
-    /// by side, each on `threads / lanes` threads. Unset:
+    /// queue for a run with every thread (they wait, on average, over half
+    /// a run), this many run side by side, each on `threads / lanes`
+    /// threads. Unset:
     /// 2 when the model has one camera and at least two threads; 0 turns
     /// it off. Each lane is another copy of the session in memory.
     #[serde(default)]
