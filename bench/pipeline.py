@@ -18,8 +18,10 @@ Run through bench/pipeline.sh (it builds Vigil and the models first). Cases:
   four-fps     (not in the default set) the four cameras' throughput alone
                against the two bare loops, for many cheap rounds.
 
-Vigil and the reference alternate (A/B/A/B, `--repeats` rounds); each line
-reports the median of the rounds. Everything runs against a real Mosquitto on
+Vigil and the reference alternate (A/B/A/B, `--repeats` rounds), and the bare
+loops run between rounds: each round is measured against the mean of the
+bare runs just before and just after it. Each line reports the median of the
+rounds. Everything runs against a real Mosquitto on
 a free loopback port. Results go to stdout (a table) and --out (JSON).
 """
 
@@ -464,18 +466,20 @@ def case_one_camera(a, broker, clip, threads):
     # the most this box gets out of the model with the same threads (copies
     # side by side), what Vigil's lanes do when frames queue.
     rounds = {"vigil": [], "python": [], "bare": [], "bare_parallel": []}
+    baselines = Baselines(capacity_loops(a, threads))
     for _ in range(a.repeats):
-        bare_capacity(a, threads, rounds)
         rounds["vigil"].append(run_vigil_lossless(a, broker, a.model, [clip], a.model_extra))
         rounds["python"].append(reference_result(run_reference(a, broker, clip, threads, "bench/ref/0")))
+        baselines.close_round(rounds)
     return rounds
 
 
 def case_latency(a, broker, clip10, threads):
     rounds = {"vigil": [], "python": [], "bare": [], "bare_paced": []}
+    # The machine's speed drifts: each round has its own bare baseline,
+    # measured on both sides of it.
+    baselines = Baselines(lambda: {"bare": bare(a, threads)})
     for _ in range(a.repeats):
-        # The machine's speed drifts: each round has its own bare baseline.
-        rounds["bare"].append(bare(a, threads))
         rounds["bare_paced"].append(bare_paced(a, threads))
         col = Collector(broker.port, "#")
         v = Vigil(a.vigil, a.work, vigil_config(broker.port, a.model, [("cam1", f"file://{clip10}", "")], a.model_extra))
@@ -504,6 +508,7 @@ def case_latency(a, broker, clip10, threads):
         rounds["python"].append({"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat),
                                  "cpu_s_per_frame": ref["cpu_s"] / max(ref["frames"], 1)})
         col.stop()
+        baselines.close_round(rounds)
     return rounds
 
 
@@ -534,12 +539,39 @@ def case_live30(a, broker, clip, threads):
     return rounds
 
 
-def bare_capacity(a, threads, rounds):
-    """Adds this round's two bare loops to `rounds`: one session with every
-    thread, and side-by-side copies as Vigil's thread plan runs them."""
-    rounds["bare"].append(bare(a, threads))
+def averaged(x, y):
+    """Two measurements of the same loop as one: numbers averaged, the rest
+    (copies, threads) as they are."""
+    return {k: (v + y[k]) / 2 if isinstance(v, float) else v for k, v in x.items()}
+
+
+class Baselines:
+    """The bare loops measured on both sides of each round, a round's
+    baseline the mean of the two. This VM's speed drifts by 10 % and more
+    within minutes; a baseline taken only before a minute-long run was
+    another machine's by the time the run ended, and single rounds ranged
+    0.90-1.25 of it. Each measurement closes one round and opens the next,
+    so n rounds take n + 1. Both sides are kept in the results
+    (`<loop>_sides`)."""
+
+    def __init__(self, measure):
+        self.measure = measure
+        self.before = measure()
+
+    def close_round(self, rounds):
+        after = self.measure()
+        for key, x in self.before.items():
+            rounds[key].append(averaged(x, after[key]))
+            rounds.setdefault(key + "_sides", []).append([x, after[key]])
+        self.before = after
+
+
+def capacity_loops(a, threads):
+    """The two bare loops: one session with every thread, and side-by-side
+    copies as Vigil's thread plan runs them."""
     copies = min(4, threads)
-    rounds["bare_parallel"].append(bare_parallel(a, copies, max(1, threads // copies)))
+    return lambda: {"bare": bare(a, threads),
+                    "bare_parallel": bare_parallel(a, copies, max(1, threads // copies))}
 
 
 def case_four_cameras(a, broker, clip, threads):
@@ -551,8 +583,8 @@ def case_four_cameras(a, broker, clip, threads):
     with open(swap_file, "wb") as f:  # another sha256, same graph (ONNX doc_string)
         f.write(data + bytes([(6 << 3) | 2, len(tag)]) + tag)
     py_threads = max(1, threads // 4)
+    baselines = Baselines(capacity_loops(a, threads))
     for _ in range(a.repeats):
-        bare_capacity(a, threads, rounds)
         # The four cameras as the Python processes run them (throughput,
         # shares, memory), then the same with a model swap mid-run.
         rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra))
@@ -572,6 +604,7 @@ def case_four_cameras(a, broker, clip, threads):
             "frames": frames, "fps": frames / wall, "steady_fps_sum": sum(per_cam.values()),
             "per_camera_fps": per_cam, "cpu_s_per_frame": sum(r["cpu_s"] for r in res) / frames,
             "peak_rss_mib": sum(r["peak_rss_mib"] for r in res), "threads_each": py_threads})
+        baselines.close_round(rounds)
     return rounds
 
 
@@ -579,9 +612,10 @@ def case_four_throughput(a, broker, clip, threads):
     """Only the four cameras' throughput against the two bare loops, round
     after round: cheap enough to repeat often on a VM whose speed drifts."""
     rounds = {"vigil": [], "bare": [], "bare_parallel": []}
+    baselines = Baselines(capacity_loops(a, threads))
     for _ in range(a.repeats):
-        bare_capacity(a, threads, rounds)
         rounds["vigil"].append(run_vigil_lossless(a, broker, a.batched_model, [clip] * 4, a.model_extra))
+        baselines.close_round(rounds)
     return rounds
 
 
@@ -706,6 +740,13 @@ def cpu_limit(f):
     return paired((b["cpu_s_per_run"], x["cpu_s_per_frame"]) for x, b in zip(f["vigil"], best_bare(f)))
 
 
+def drift(f):
+    """The better bare loop's fps after each round over before it: how far
+    the machine moved while the round ran."""
+    return [max(b1["fps"], p1["fps"]) / max(b0["fps"], p0["fps"])
+            for (b0, b1), (p0, p1) in zip(f["bare_sides"], f["bare_parallel_sides"])]
+
+
 def slowest_share(runs):
     """The slowest camera's fps over its fair share, worst of the runs."""
     return min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in runs)
@@ -806,6 +847,10 @@ def report(r):
                      ">= 0.95 x bare", statistics.median(ratios), None))
         rows.append(("4 cameras, throughput alone: lowest round ratio", min(ratios), None, "", None, None))
         rows.append(("4 cameras, throughput alone: highest round ratio", max(ratios), None, "", None, None))
+        if "bare_sides" in f:
+            d = drift(f)
+            rows.append(("4 cameras, throughput alone: bare after / before a round", statistics.median(d), None,
+                         f"{min(d):.3f}-{max(d):.3f}", None, None))
         rows.append(("4 cameras, throughput alone: slowest camera / fair share", slowest_share(f["vigil"]), None,
                      ">= 0.8", None, None))
         rows.append(("4 cameras, throughput alone: CPU s/frame",
