@@ -747,6 +747,16 @@ def drift(f):
             for (b0, b1), (p0, p1) in zip(f["bare_sides"], f["bare_parallel_sides"])]
 
 
+def drift_rows(case, f):
+    """A row for how far the machine moved within the case's rounds (none
+    for results from before the bare loops ran on both sides)."""
+    if "bare_sides" not in f or "bare_parallel_sides" not in f:
+        return []
+    d = drift(f)
+    return [(f"{case}: bare after / before a round ({min(d):.2f}-{max(d):.2f})", statistics.median(d), None, "",
+             None, None)]
+
+
 def slowest_share(runs):
     """The slowest camera's fps over its fair share, worst of the runs."""
     return min(min(x["per_camera_fps"].values()) / (x["fps"] / 4) for x in runs)
@@ -775,6 +785,7 @@ def report(r):
             rows.append(("1 camera: throughput (ratio: to the best bare)", med(v, "fps"), med(p, "steady_fps"),
                          "", paired((x["fps"], c) for x, c in zip(v, capacity_of(o))),
                          paired((x["steady_fps"], c) for x, c in zip(p, capacity_of(o)))))
+            rows += drift_rows("1 camera", o)
             rows.append(("1 camera: runs on lanes, side by side / all runs",
                          statistics.median(x["lane_runs"] / x["runs"] for x in v), None, "", None, None))
         rows.append(("1 camera: CPU s/frame (ratio: bare's / Vigil's)", med(v, "cpu_s_per_frame"),
@@ -818,6 +829,7 @@ def report(r):
 
         rows.append(("4 cameras: aggregate fps (ratio: to the best bare)", med(v, "fps"), med(p, "fps"),
                      ">= 0.95 x bare", to_capacity(v), to_capacity(p)))
+        rows += drift_rows("4 cameras", f)
         rows.append(("4 cameras: slowest camera / fair share", share,
                      min(min(x["per_camera_fps"].values()) / (x["steady_fps_sum"] / 4) for x in p), ">= 0.8", share,
                      None))
@@ -847,10 +859,7 @@ def report(r):
                      ">= 0.95 x bare", statistics.median(ratios), None))
         rows.append(("4 cameras, throughput alone: lowest round ratio", min(ratios), None, "", None, None))
         rows.append(("4 cameras, throughput alone: highest round ratio", max(ratios), None, "", None, None))
-        if "bare_sides" in f:
-            d = drift(f)
-            rows.append(("4 cameras, throughput alone: bare after / before a round", statistics.median(d), None,
-                         f"{min(d):.3f}-{max(d):.3f}", None, None))
+        rows += drift_rows("4 cameras, throughput alone", f)
         rows.append(("4 cameras, throughput alone: slowest camera / fair share", slowest_share(f["vigil"]), None,
                      ">= 0.8", None, None))
         rows.append(("4 cameras, throughput alone: CPU s/frame",
