@@ -35,7 +35,7 @@ mkdir -p "$WORK"
 MODEL="$WORK/yolov8$SIZE.onnx"
 BATCHED="$WORK/yolov8$SIZE-batch.onnx"
 SKELETON="$ROOT/models/yolo/yolov8$SIZE.skeleton.onnx"
-if [ ! -f "$MODEL" ] || [ "$SKELETON" -nt "$MODEL" ]; then
+if [ ! -f "$MODEL" ] || [ "$SKELETON" -nt "$MODEL" ] || [ models/yolo/refill_weights.py -nt "$MODEL" ]; then
     "$PY" models/yolo/refill_weights.py "$SKELETON" "$MODEL"
 fi
 if [ ! -f "$BATCHED" ] || [ "$MODEL" -nt "$BATCHED" ]; then

@@ -215,11 +215,13 @@ fn the_ball_detector_matches_the_reference() {
 
 /// An Ultralytics model rebuilt from its committed skeleton (the exported
 /// graph without its weights) by `models/yolo/refill_weights.py`, cached in
-/// `.deps/fixtures`. Its sha256 must be the one Ultralytics' expected outputs
-/// were recorded with.
+/// `.deps/fixtures` under the hash of both. Its sha256 must be the one
+/// Ultralytics' expected outputs were recorded with.
 fn ultralytics_model(name: &str) -> PathBuf {
     let skeleton = repo_root().join(format!("models/yolo/{name}.skeleton.onnx"));
-    let bytes = std::fs::read(&skeleton).expect("skeleton");
+    // Keyed by the script too: a refill made by an older script is not this one's.
+    let mut bytes = std::fs::read(&skeleton).expect("skeleton");
+    bytes.extend(std::fs::read(repo_root().join("models/yolo/refill_weights.py")).expect("refill script"));
     let key: String = sha256_hex(&bytes).chars().take(16).collect();
     cached_fixture(&format!("{name}-{key}.onnx"), |out| {
         let status = Command::new(venv_python())
