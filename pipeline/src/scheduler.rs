@@ -268,8 +268,9 @@ impl LaneState {
                     Probe::Timing(before) => {
                         // Its own time: the average is as old as the lanes
                         // (and may hold what sent the frames there).
-                        self.main_run_s = Some(ran.as_secs_f64());
-                        if let (Some(interval), Some(run)) = (before, self.main_run_s)
+                        let run = ran.as_secs_f64();
+                        self.main_run_s = Some(run);
+                        if let Some(interval) = before
                             && run < LEAVE_LANES * interval
                         {
                             self.on_lanes = false;
