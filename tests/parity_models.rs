@@ -219,13 +219,11 @@ fn the_ball_detector_matches_the_reference() {
 /// Ultralytics' expected outputs were recorded with.
 fn ultralytics_model(name: &str) -> PathBuf {
     let skeleton = repo_root().join(format!("models/yolo/{name}.skeleton.onnx"));
-    // Keyed by the script too: a refill made by an older script is not this one's.
-    let mut bytes = std::fs::read(&skeleton).expect("skeleton");
-    bytes.extend(std::fs::read(repo_root().join("models/yolo/refill_weights.py")).expect("refill script"));
-    let key: String = sha256_hex(&bytes).chars().take(16).collect();
+    let script = repo_root().join("models/yolo/refill_weights.py");
+    let key = fixture_key(&[&skeleton, &script]);
     cached_fixture(&format!("{name}-{key}.onnx"), |out| {
         let status = Command::new(venv_python())
-            .arg(repo_root().join("models/yolo/refill_weights.py"))
+            .arg(&script)
             .arg(&skeleton)
             .arg(out)
             .output()

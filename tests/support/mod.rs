@@ -785,13 +785,8 @@ pub fn make_scene_clip_sized(path: &Path, fps: u32, size: (usize, usize), centre
 /// or exactly `fixed` frames. Built once into `.deps/fixtures`, keyed by the
 /// source model's and the script's bytes.
 pub fn batched_ball_model(fixed: Option<usize>) -> PathBuf {
-    use sha2::Digest;
-    let root = repo_root();
-    let script = root.join("models/make_batched.py");
-    let mut h = sha2::Sha256::new();
-    h.update(std::fs::read(ball_model()).expect("ball model"));
-    h.update(std::fs::read(&script).expect("make_batched.py"));
-    let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let script = repo_root().join("models/make_batched.py");
+    let key = fixture_key(&[&ball_model(), &script]);
     let tag = fixed.map_or("dyn".to_string(), |n| format!("b{n}"));
     cached_fixture(&format!("ball-{tag}-{key}.onnx"), |out| {
         let mut cmd = Command::new(venv_python());
@@ -810,6 +805,18 @@ pub fn venv_python() -> PathBuf {
     let py = repo_root().join(".deps/venv/bin/python");
     assert!(py.is_file(), "{} missing: run deploy/bootstrap.sh", py.display());
     py
+}
+
+/// A key for a fixture made from `inputs` (a model, the script that makes
+/// it): 16 hex digits of the sha256 of their bytes, so that a changed input
+/// or script makes a new fixture instead of reusing the old one.
+pub fn fixture_key(inputs: &[&Path]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for path in inputs {
+        h.update(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// `.deps/fixtures/<name>`, made by `build(path)` the first time. Tests run
