@@ -99,12 +99,20 @@ def main():
             now = time.monotonic()
             if due > now:
                 time.sleep(due - now)
+        read_at = time.monotonic_ns()
         ok, frame = cap.read()
         if not ok:
             break
         if n == 10:
             t10 = time.monotonic()
         captured = time.monotonic_ns()
+        if a.realtime:
+            # Captured when the camera would have handed the frame out
+            # decoded (its due time plus the decoding), as Vigil stamps a
+            # frame when it leaves the decoder. A late loop reads frame n
+            # long after that: stamping the read would hide the wait, and
+            # the loop falling further behind, from its latency.
+            captured = int(due * 1e9) + (captured - read_at)
         img, r, left, top = letterbox(frame, size)
         x = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)[None] / 255.0
         out = sess.run(None, {inp.name: x})[0]
