@@ -372,15 +372,35 @@ def bare_session(a, threads):
     return lambda: s.run(None, feed)
 
 
+def back_to_back(call, n):
+    """Seconds each of n calls took, one straight after another."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def paced(call, rate, n):
+    """Seconds each of n calls took, one started every 1/rate seconds (as a
+    live camera hands out frames)."""
+    times = []
+    next_at = time.monotonic()
+    for _ in range(n):
+        next_at += 1 / rate
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    return times
+
+
 def bare(a, threads, n=60):
     """session.run alone on one preprocessed frame: the model's limit."""
     run = bare_session(a, threads)
-    times = []
     cpu0 = time.process_time()
-    for _ in range(n):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
+    times = back_to_back(run, n)
     cpu = time.process_time() - cpu0
     med = statistics.median(times)
     return {"median_ms": med * 1e3, "fps": 1 / med, "cpu_s_per_run": cpu / n}
@@ -392,15 +412,7 @@ def bare_paced(a, threads, rate=10.0, n=590):
     machine, with no decoding, preprocessing or publishing beside it. Its p99
     over the back-to-back median is the most the live p99 target can be met
     by: a pipeline can only add to it."""
-    run = bare_session(a, threads)
-    times = []
-    next_at = time.monotonic()
-    for _ in range(n):
-        next_at += 1 / rate
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1e3)
-        time.sleep(max(0.0, next_at - time.monotonic()))
+    times = [t * 1e3 for t in paced(bare_session(a, threads), rate, n)]
     return {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": n}
 
 
@@ -421,26 +433,14 @@ def host_jitter(rate=10.0, n=300):
     shared VMs this project has run on), no pipeline can hold a
     capture-to-publish p99 within 1.25x of a median measured at another
     moment."""
-    back_to_back = []
-    for _ in range(40):
-        t = time.perf_counter()
-        fixed_work()
-        back_to_back.append(time.perf_counter() - t)
-    base = statistics.median(back_to_back)
-    paced = []
-    next_at = time.monotonic()
-    for _ in range(n):
-        next_at += 1 / rate
-        t = time.perf_counter()
-        fixed_work()
-        paced.append(time.perf_counter() - t)
-        time.sleep(max(0.0, next_at - time.monotonic()))
+    base = statistics.median(back_to_back(fixed_work, 40))
+    times = paced(fixed_work, rate, n)
     # The back-to-back median is a snapshot of under a second, and this
     # machine's speed moves by a third between snapshots, so the spread of
     # the paced calls themselves (p99 over p50, one 30-second window) is the
     # steadier measure of the two.
-    return {"median_ms": base * 1e3, "p50": pct(paced, 50) / base, "p99": pct(paced, 99) / base,
-            "spread": pct(paced, 99) / pct(paced, 50), "n": n}
+    return {"median_ms": base * 1e3, "p50": pct(times, 50) / base, "p99": pct(times, 99) / base,
+            "spread": pct(times, 99) / pct(times, 50), "n": n}
 
 
 def bare_parallel(a, copies, threads_each, seconds=4.0):
