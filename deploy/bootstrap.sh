@@ -14,12 +14,11 @@
 #      `.cargo/config.toml` bakes that path into every binary built here, so
 #      nobody has to set ORT_DYLIB_PATH.
 #   4. A Python virtualenv in .deps/venv with the light tools the fixture
-#      scripts and parity tests use (onnx, numpy, onnxruntime, OpenCV), and
-#      schemathesis, which fuzzes the API from its OpenAPI document.
-#   5. For the web page test: Debian's Chromium (apt, step 1), Node.js with
-#      npm (Debian's, unless a node is already installed), and playwright-core
-#      in .deps/web, pinned by tests/web/package-lock.json. Playwright drives
-#      the system Chromium; it downloads no browser of its own.
+#      scripts and parity tests use (onnx, numpy, onnxruntime, OpenCV),
+#      schemathesis, which fuzzes the API from its OpenAPI document, and
+#      Playwright for the web page test. Playwright's PyPI wheel carries its
+#      own driver, so nothing comes from npm; it drives Debian's Chromium
+#      (apt, step 1) and downloads no browser of its own.
 #
 # Re-running it is fast: every step first checks whether its result is present.
 set -euo pipefail
@@ -138,26 +137,6 @@ ort_install() {
     ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
 }
 
-web_tools_install() {
-    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-        # Only when missing: a node from elsewhere (NodeSource) ships its own
-        # npm and conflicts with Debian's npm package.
-        log "installing nodejs and npm"
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
-    fi
-    local web="$DEPS/web"
-    local lock="$ROOT/tests/web/package-lock.json"
-    if [ -d "$web/node_modules/playwright-core" ] && cmp -s "$lock" "$web/package-lock.json"; then
-        log "playwright-core present in $web"
-        return
-    fi
-    log "installing playwright-core into $web"
-    mkdir -p "$web"
-    cp "$ROOT/tests/web/package.json" "$lock" "$web/"
-    (cd "$web" && npm ci --no-audit --no-fund --silent)
-}
-
 # A full disk otherwise shows up as an obscure rustc or linker error halfway
 # through a build. Measured on a clean checkout: target/ is about 3.2 GiB
 # after the test suite and 1.2 GiB after the demo's release build.
@@ -173,7 +152,6 @@ disk_check() {
 
 disk_check
 apt_install
-web_tools_install
 rust_install
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 rust_components

@@ -1,6 +1,6 @@
 //! The web page in a real browser, and the API under a property-based fuzz.
 //!
-//! - Debian's Chromium, driven by Playwright (`tests/web/page.cjs`): the live
+//! - Debian's Chromium, driven by Playwright (`tests/web/page.py`): the live
 //!   preview moves, events appear, a model uploaded and activated from the
 //!   page takes effect on the line. Screenshots land in
 //!   `target/test-artifacts/`.
@@ -8,7 +8,7 @@
 //!   without the token, valid and invalid): no 5xx, every status and content
 //!   type as documented, every JSON body as its schema says.
 //!
-//! Both tools are installed by deploy/bootstrap.sh (.deps/web, .deps/venv).
+//! Both tools come from PyPI into .deps/venv (deploy/bootstrap.sh).
 
 mod support;
 
@@ -27,8 +27,13 @@ fn artifacts() -> PathBuf {
 
 #[test]
 fn the_web_page_shows_the_line_and_swaps_a_model_in_chromium() {
-    let playwright = repo_root().join(".deps/web/node_modules/playwright-core");
-    assert!(playwright.is_dir(), "{} is missing: run deploy/bootstrap.sh", playwright.display());
+    let python = repo_root().join(".deps/venv/bin/python");
+    let has_playwright = Command::new(&python).args(["-c", "import playwright"]).status();
+    assert!(
+        has_playwright.is_ok_and(|s| s.success()),
+        "Playwright is missing from {}: run deploy/bootstrap.sh",
+        python.display()
+    );
 
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "vigil/web/detections");
@@ -45,15 +50,14 @@ fn the_web_page_shows_the_line_and_swaps_a_model_in_chromium() {
         let _ = std::fs::remove_file(out_dir.join(f));
     }
 
-    let out = Command::new("node")
-        .arg(repo_root().join("tests/web/page.cjs"))
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/web/page.py"))
         .env("VIGIL_URL", &v.web)
         .env("VIGIL_TOKEN", v.token.as_deref().expect("token"))
         .env("MODEL_FILE", &model)
         .env("ARTIFACTS", &out_dir)
-        .env("PLAYWRIGHT", &playwright)
         .output()
-        .expect("node (deploy/bootstrap.sh installs it)");
+        .expect("the venv's python (deploy/bootstrap.sh makes it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(
