@@ -90,8 +90,26 @@ fn iou(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// Scores may differ this much from the same runtime on the same host (the
+/// live reference): Vigil's preprocessing is byte-identical, so what is left
+/// is rounding in the decoders.
+const SAME_RUNTIME: f64 = 1e-3;
+
+/// Scores may differ this much from Ultralytics' own `predict`, recorded with
+/// PyTorch on another host: the two runtimes' convolutions sum in different
+/// orders, and which kernels ONNX Runtime picks depends on the CPU. On an
+/// AVX2-only AMD EPYC one YOLO26n score on coffee.png moved 1.03e-3 from the
+/// recording while matching the live reference to 1e-5; the other models
+/// stayed within 5e-5.
+const ACROSS_RUNTIMES: f64 = 2e-3;
+
 /// Holds one image's answers to the bar. Returns the number of detections compared.
 fn assert_same(what: &str, got: &Value, want: &Value) -> usize {
+    assert_close(what, got, want, SAME_RUNTIME)
+}
+
+/// [`assert_same`], with `tolerance` on scores.
+fn assert_close(what: &str, got: &Value, want: &Value, tolerance: f64) -> usize {
     let photo = want["image"].as_str().unwrap_or("?");
     let ctx = format!("{what} on {photo}");
     assert_eq!(got["width"], want["width"], "{ctx}: width");
@@ -118,7 +136,7 @@ fn assert_same(what: &str, got: &Value, want: &Value) -> usize {
         let gd = &g[j];
         assert!(overlap >= 0.99, "{ctx}: detection {i} IoU {overlap:.4} < 0.99\n vigil {gd}\n ref   {wd}");
         let (gs, ws) = (gd["score"].as_f64().expect("score"), wd["score"].as_f64().expect("score"));
-        assert!((gs - ws).abs() <= 1e-3, "{ctx}: detection {i} score {gs} vs {ws}");
+        assert!((gs - ws).abs() <= tolerance, "{ctx}: detection {i} score {gs} vs {ws}");
         assert_eq!(gd["label"], wd["label"], "{ctx}: detection {i} label");
     }
     let no_classes = Value::Array(vec![]);
@@ -128,12 +146,12 @@ fn assert_same(what: &str, got: &Value, want: &Value) -> usize {
     for (k, (a, b)) in gc.iter().zip(wc).enumerate() {
         assert_eq!(a["class_id"], b["class_id"], "{ctx}: top-{} class", k + 1);
         let (sa, sb) = (a["score"].as_f64().expect("score"), b["score"].as_f64().expect("score"));
-        assert!((sa - sb).abs() <= 1e-3, "{ctx}: top-{} score {sa} vs {sb}", k + 1);
+        assert!((sa - sb).abs() <= tolerance, "{ctx}: top-{} score {sa} vs {sb}", k + 1);
     }
     assert_eq!(got.get("verdict"), want.get("verdict"), "{ctx}: verdict");
     if let (Some(a), Some(b)) = (got.get("anomaly_score"), want.get("anomaly_score")) {
         let (a, b) = (a.as_f64().expect("score"), b.as_f64().expect("score"));
-        assert!((a - b).abs() <= 1e-3, "{ctx}: anomaly score {a} vs {b}");
+        assert!((a - b).abs() <= tolerance, "{ctx}: anomaly score {a} vs {b}");
     }
     w.len() + wc.len()
 }
@@ -257,7 +275,7 @@ fn ultralytics_parity(name: &str, decoder: &str) {
             "the refilled {name} is not the model Ultralytics' outputs were recorded with"
         );
         assert_eq!(g["decoder"], decoder);
-        compared += assert_same(&format!("{name} vs Ultralytics predict"), g, &want);
+        compared += assert_close(&format!("{name} vs Ultralytics predict"), g, &want, ACROSS_RUNTIMES);
     }
     let reference = reference(&model, &[]);
     for (g, r) in got.iter().zip(&reference) {
