@@ -20,6 +20,7 @@
 
 mod error;
 mod frame;
+mod launch;
 mod progress;
 mod reader;
 mod source;
@@ -27,13 +28,11 @@ mod supervisor;
 
 pub use error::CameraError;
 pub use frame::{Frame, FrameSlot, I420Planes, Taken, YuvMatrix, packed_rgb};
+pub use launch::{validate, validate_with};
 pub use progress::Progress;
 pub use reader::FrameReader;
 pub use source::{Source, V4l2Mode, redact};
-pub use supervisor::{
-    Camera, CameraOptions, CameraState, CameraStats, CameraStatus, Flip, RtspTransport, validate,
-    validate_with,
-};
+pub use supervisor::{Camera, CameraOptions, CameraState, CameraStats, CameraStatus, Flip, RtspTransport};
 
 /// Initialises GStreamer once per process. Safe to call repeatedly.
 pub fn init() -> Result<(), CameraError> {

@@ -9,7 +9,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use parking_lot::{Condvar, Mutex};
 
-use crate::{CameraError, Frame, FrameSlot, Progress, Source};
+use crate::launch::{launch_string, set_up_decoders};
+use crate::{Frame, FrameSlot, Progress, Source};
 
 /// How a camera is run and watched.
 #[derive(Debug, Clone)]
@@ -373,98 +374,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// `<source> ! videorate ! videoflip ! videoscale ! videoconvert ! I420|RGB ! appsink`:
-/// the cheap steps first, the per-pixel ones on as few frames and pixels as
-/// possible; the appsink keeps one buffer and drops the rest (newest wins).
-/// Decoders give I420, which passes through untouched and is preprocessed
-/// for the model from its planes: no whole-frame RGB conversion (measured 2 %
-/// of the CPU with four 720p cameras) and half the memory per held frame.
-/// Sources that make RGB keep it.
-pub(crate) fn launch_string(source: &Source, options: &CameraOptions) -> String {
-    let mut tail = String::new();
-    if let Some(fps) = options.fps {
-        tail += &format!(" ! videorate name=vigil_rate drop-only=true max-rate={fps}");
-    }
-    // `video-direction`, not the deprecated `method`: in GStreamer 1.22 the
-    // latter flips the pixels without swapping width and height in the caps.
-    let rotate = match options.rotate {
-        90 => Some("90r"),
-        180 => Some("180"),
-        270 => Some("90l"),
-        _ => None,
-    };
-    if let Some(d) = rotate {
-        tail += &format!(" ! videoflip video-direction={d}");
-    }
-    match options.flip {
-        Flip::Horizontal => tail += " ! videoflip video-direction=horiz",
-        Flip::Vertical => tail += " ! videoflip video-direction=vert",
-        Flip::None => {}
-    }
-    if options.width.is_some() || options.height.is_some() {
-        let mut caps = String::from("video/x-raw");
-        if let Some(w) = options.width {
-            caps += &format!(",width={w}");
-        }
-        if let Some(h) = options.height {
-            caps += &format!(",height={h}");
-        }
-        // add-borders=false: scale to the size asked, never letterbox here
-        // (the model's own preprocessing decides that).
-        tail += &format!(" ! videoscale add-borders=false ! {caps},pixel-aspect-ratio=1/1");
-    }
-    // A file not played in real time is analysed frame by frame: appsink
-    // blocks instead of dropping (and so does the frame slot, see run_pipeline).
-    let drop = !source.is_file() || options.realtime;
-    let head = match source.paced_file_head() {
-        Some(paced) if options.realtime => paced,
-        _ => source.launch_head(options),
-    };
-    format!(
-        "{head}{tail} ! videoconvert ! video/x-raw,format={{I420,RGB}} ! appsink name=vigil_sink max-buffers=1 drop={drop} sync=false emit-signals=false",
-    )
-}
-
-/// Builds the pipeline without starting it: used by `vigil check` to find
-/// launch strings that do not parse and elements that are not installed.
-pub fn validate(source: &Source) -> Result<(), CameraError> {
-    validate_with(source, &CameraOptions::default())
-}
-
-/// [`validate`] with the camera's own options (rotation, scaling, ...).
-pub fn validate_with(source: &Source, options: &CameraOptions) -> Result<(), CameraError> {
-    crate::init()?;
-    source.check_exists()?;
-    let pipeline = gst::parse::launch(&launch_string(source, options))
-        .map_err(|e| CameraError::Pipeline(e.to_string()))?;
-    let _ = pipeline.set_state(gst::State::Null);
-    Ok(())
-}
-
-/// Sets up the video decoders as decodebin adds them (they appear only once
-/// it has seen the stream, wherever they sit in the bins): the thread count
-/// of the plan, and for a file played in real time the threads a live
-/// camera's stream gets. libav decoders take slice threads for a live
-/// upstream and frame threads otherwise, each holding back a frame.
-fn set_up_decoders(pipeline: &gst::Pipeline, source: &Source, options: &CameraOptions) {
-    let as_live = source.is_file() && options.realtime;
-    let threads = options.decode_threads;
-    if threads.is_none() && !as_live {
-        return;
-    }
-    pipeline.connect_deep_element_added(move |_, _, element| {
-        if let Some(threads) = threads
-            && element.find_property("max-threads").is_some()
-        {
-            element.set_property_from_str("max-threads", &threads.to_string());
-        }
-        let libav = element.factory().is_some_and(|f| f.name().starts_with("avdec_"));
-        if as_live && libav && element.find_property("thread-type").is_some() {
-            element.set_property_from_str("thread-type", "slice");
-        }
-    });
-}
-
 fn run_pipeline(
     name: &Arc<str>,
     source: &Source,
@@ -691,94 +600,5 @@ fn describe_error(err: &gst::message::Error, source: &Source) -> String {
     }
     text
 }
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(path: &std::path::Path) -> Source {
-        Source::File { path: path.to_owned() }
-    }
-
-    #[test]
-    fn a_file_in_real_time_is_paced_before_decoding_and_a_lossless_one_is_not() {
-        let source = file(std::path::Path::new("/clips/line3.mp4"));
-        let live = launch_string(&source, &CameraOptions::default());
-        let paced = live.find("identity sync=true ! decodebin").expect(&live);
-        assert!(live.find("uridecodebin").is_some_and(|u| u < paced), "{live}");
-        assert!(live.contains("caps=\"video/x-raw;video/x-h264;"), "{live}");
-        // Paced once: the sink takes each frame as it comes, dropping what
-        // the model has no time for.
-        assert!(live.ends_with("drop=true sync=false emit-signals=false"), "{live}");
-
-        let lossless = launch_string(&source, &CameraOptions { realtime: false, ..CameraOptions::default() });
-        assert!(!lossless.contains("identity") && !lossless.contains("caps=\""), "{lossless}");
-        assert!(lossless.ends_with("drop=false sync=false emit-signals=false"), "{lossless}");
-    }
-
-    /// The libav decoders in a pipeline once its first frame is out: (factory,
-    /// thread-type flags as text, max-threads).
-    fn decoders(source: &Source, options: &CameraOptions) -> Vec<(String, String, i32)> {
-        crate::init().expect("GStreamer");
-        let pipeline = gst::parse::launch(&launch_string(source, options))
-            .expect("pipeline")
-            .downcast::<gst::Pipeline>()
-            .expect("a pipeline");
-        set_up_decoders(&pipeline, source, options);
-        let sink = pipeline.by_name("vigil_sink").and_downcast::<gst_app::AppSink>().expect("appsink");
-        pipeline.set_state(gst::State::Playing).expect("play");
-        // The decoders exist once a frame came through them.
-        assert!(sink.try_pull_sample(gst::ClockTime::from_seconds(20)).is_some(), "no frame");
-        let found = pipeline
-            .iterate_recurse()
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.factory()?.name().to_string();
-                name.starts_with("avdec_").then(|| {
-                    let flags = e.property_value("thread-type");
-                    let text = flags.serialize().map(|s| s.to_lowercase()).unwrap_or_default();
-                    (name, text, e.property::<i32>("max-threads"))
-                })
-            })
-            .collect();
-        pipeline.set_state(gst::State::Null).expect("stop");
-        found
-    }
-
-    #[test]
-    fn a_file_in_real_time_decodes_with_the_threads_a_live_stream_gets() {
-        let dir = std::env::temp_dir().join(format!("vigil-camera-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let clip = dir.join("clip.mp4");
-        crate::init().expect("GStreamer");
-        let make = gst::parse::launch(&format!(
-            "videotestsrc num-buffers=10 ! video/x-raw,width=160,height=120,framerate=10/1 ! x264enc ! mp4mux ! filesink location={}",
-            clip.display()
-        ))
-        .expect("encoder pipeline");
-        make.set_state(gst::State::Playing).expect("encode");
-        let bus = make.bus().expect("bus");
-        let end = bus.timed_pop_filtered(
-            gst::ClockTime::from_seconds(20),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        );
-        make.set_state(gst::State::Null).expect("stop");
-        assert!(
-            matches!(end.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))),
-            "clip not made: {end:?}"
-        );
-
-        let live = decoders(&file(&clip), &CameraOptions::default());
-        assert_eq!(live.len(), 1, "{live:?}");
-        assert_eq!((live[0].0.as_str(), live[0].1.as_str()), ("avdec_h264", "slice"), "{live:?}");
-        // Several cameras' plan: one thread each, as before.
-        let planned =
-            decoders(&file(&clip), &CameraOptions { decode_threads: Some(1), ..CameraOptions::default() });
-        assert_eq!((planned[0].1.as_str(), planned[0].2), ("slice", 1), "{planned:?}");
-        // A file analysed frame by frame keeps libav's own choice.
-        let lossless = decoders(&file(&clip), &CameraOptions { realtime: false, ..CameraOptions::default() });
-        assert_eq!((lossless[0].1.as_str(), lossless[0].2), ("auto", 0), "{lossless:?}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;
