@@ -4,6 +4,8 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use crate::codecs;
+use crate::source::PACED_SOURCE;
 use crate::{CameraError, CameraOptions, Flip, Source};
 
 /// `<source> ! videorate ! videoflip ! videoscale ! videoconvert ! I420|RGB ! appsink`:
@@ -74,12 +76,23 @@ pub fn validate_with(source: &Source, options: &CameraOptions) -> Result<(), Cam
     Ok(())
 }
 
+/// Readies a parsed pipeline for its source before it starts.
+pub(crate) fn prepare(pipeline: &gst::Pipeline, source: &Source, options: &CameraOptions) {
+    if source.is_file()
+        && options.realtime
+        && let Some(paced) = pipeline.by_name(PACED_SOURCE)
+    {
+        paced.set_property("caps", codecs::paced_file_caps());
+    }
+    set_up_decoders(pipeline, source, options);
+}
+
 /// Sets up the video decoders as decodebin adds them (they appear only once
 /// it has seen the stream, wherever they sit in the bins): the thread count
 /// of the plan, and for a file played in real time the threads a live
 /// camera's stream gets. libav decoders take slice threads for a live
 /// upstream and frame threads otherwise, each holding back a frame.
-pub(crate) fn set_up_decoders(pipeline: &gst::Pipeline, source: &Source, options: &CameraOptions) {
+fn set_up_decoders(pipeline: &gst::Pipeline, source: &Source, options: &CameraOptions) {
     let as_live = source.is_file() && options.realtime;
     let threads = options.decode_threads;
     if threads.is_none() && !as_live {

@@ -18,6 +18,7 @@
 //! A [`Frame`] owns the mapped GStreamer buffer, so pixels are never copied
 //! between the decoder and inference.
 
+mod codecs;
 mod error;
 mod frame;
 mod launch;

@@ -5,10 +5,8 @@ use url::Url;
 
 use crate::{CameraError, CameraOptions, RtspTransport};
 
-/// What `uridecodebin` hands over undecoded for a file played in real time
-/// (see `Source::paced_file_head`): the video formats cameras send.
-const COMPRESSED_VIDEO: &str =
-    "video/x-raw;video/x-h264;video/x-h265;video/x-vp8;video/x-vp9;video/x-av1;image/jpeg;video/mpeg";
+/// The name of the `uridecodebin` of a file played in real time.
+pub(crate) const PACED_SOURCE: &str = "vigil_paced";
 
 /// Where a camera's frames come from, parsed from the `source` string of a
 /// camera in the config.
@@ -182,13 +180,17 @@ impl Source {
     /// decoder's own latency counts, as it does live), instead of decoded
     /// ahead and held until due, which put the decoding of every next frame
     /// beside the model's run on the one before (a run 8-15 % slower at the
-    /// median at 10 fps, p99 ~10 ms higher, on two cores). Formats not in
-    /// the list come out decoded and are paced as such.
+    /// median at 10 fps, p99 ~10 ms higher, on two cores). Where the
+    /// compressed stream stops is `PACED_SOURCE`'s `caps`, set once the
+    /// pipeline is built (`codecs::paced_file_caps`: every codec a decoder
+    /// here takes, read from the registry, too long and too quote-laden for
+    /// a launch string). Without it `uridecodebin` decodes everything
+    /// itself and the frames are paced decoded.
     pub(crate) fn paced_file_head(&self) -> Option<String> {
         let Source::File { path } = self else { return None };
         let uri = Url::from_file_path(path).map(String::from).unwrap_or_default();
         Some(format!(
-            "uridecodebin uri=\"{uri}\" expose-all-streams=false caps=\"{COMPRESSED_VIDEO}\" \
+            "uridecodebin name={PACED_SOURCE} uri=\"{uri}\" expose-all-streams=false \
              ! identity sync=true ! decodebin"
         ))
     }

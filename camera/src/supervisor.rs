@@ -9,7 +9,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use parking_lot::{Condvar, Mutex};
 
-use crate::launch::{launch_string, set_up_decoders};
+use crate::launch::{launch_string, prepare};
 use crate::{Frame, FrameSlot, Progress, Source};
 
 /// How a camera is run and watched.
@@ -398,7 +398,7 @@ fn run_pipeline(
     else {
         return RunEnd::Fatal("internal: appsink missing from the pipeline".into());
     };
-    set_up_decoders(&pipeline, source, options);
+    prepare(&pipeline, source, options);
 
     let next_seq = Arc::new(AtomicU64::new(*seq));
     {
