@@ -71,9 +71,21 @@ pub fn validate_with(source: &Source, options: &CameraOptions) -> Result<(), Cam
     crate::init()?;
     source.check_exists()?;
     let pipeline = gst::parse::launch(&launch_string(source, options))
-        .map_err(|e| CameraError::Pipeline(e.to_string()))?;
+        .map_err(|e| CameraError::Pipeline(source.scrub(&unbuildable(&e))))?;
     let _ = pipeline.set_state(gst::State::Null);
     Ok(())
+}
+
+/// Why a launch string did not make a pipeline; for an element that is not
+/// installed, also which package has it.
+pub(crate) fn unbuildable(e: &gst::glib::Error) -> String {
+    let text = e.to_string();
+    if e.kind::<gst::ParseError>() == Some(gst::ParseError::NoSuchElement)
+        && let Some(name) = text.split('"').nth(1)
+    {
+        return format!("{text}: {}", codecs::missing_element(name));
+    }
+    text
 }
 
 /// Readies a parsed pipeline for its source before it starts.

@@ -6,7 +6,9 @@
 //!        ▼                             │ build pipeline → PLAYING → watch bus      │
 //!  launch string:                      │   error / EOS / no frame for stall_timeout│
 //!  <head> ! videorate ! videoconvert   │   → tear down, back off, rebuild          │
-//!         ! I420 or RGB                └───────────────────────────────────────────┘
+//!         ! I420 or RGB                │ a plug-in missing → `failed`, with the    │
+//!  (launch.rs; codecs.rs: what this    │   codec and the package; never retried    │
+//!   machine decodes)                   └───────────────────────────────────────────┘
 //!         ! appsink(max-buffers=1, drop)
 //!        │ new-sample (GStreamer streaming thread)
 //!        ▼

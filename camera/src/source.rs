@@ -160,6 +160,33 @@ impl Source {
         matches!(self, Source::File { .. })
     }
 
+    /// `text` without the source's passwords: pipeline errors can echo a
+    /// URI, and they go to logs and health. (`redact` rewrites a whole source
+    /// string; its fallback for text that is not a URL, everything between
+    /// the first `://` and the last `@`, is too blunt for a message.)
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for pw in self.passwords() {
+            text = text.replace(&pw, "***");
+        }
+        text
+    }
+
+    /// The passwords in the source's URLs, a launch line's included.
+    fn passwords(&self) -> Vec<String> {
+        let urls: Vec<Url> = match self {
+            Source::Rtsp { url } | Source::Http { url } => vec![url.clone()],
+            // A launch line may hold `location=rtsp://user:pass@…` anywhere.
+            Source::Launch { pipeline } => pipeline
+                .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '='))
+                .filter(|t| t.contains("://"))
+                .filter_map(|t| Url::parse(t).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        urls.iter().filter_map(Url::password).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    }
+
     /// Whether it could ever work: a missing file or device is reported
     /// before anything starts.
     pub fn check_exists(&self) -> Result<(), CameraError> {
@@ -416,5 +443,8 @@ mod tests {
             "launch:rtspsrc location=rtsp://admin:hunter2@cam/s ! decodebin ! videoconvert ! appsink";
         assert!(!redact(launch).contains("hunter2"), "{}", redact(launch));
         assert_eq!(redact("launch:videotestsrc ! appsink"), "launch:videotestsrc ! appsink");
+        assert_eq!(parse(launch).expect("valid").passwords(), ["hunter2"]);
+        assert_eq!(s.passwords(), ["hunter2"]);
+        assert!(parse("rtsp://admin@cam/s").expect("valid").passwords().is_empty());
     }
 }

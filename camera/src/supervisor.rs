@@ -9,7 +9,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use parking_lot::{Condvar, Mutex};
 
-use crate::launch::{launch_string, prepare};
+use crate::codecs::{self, MissingPlugin};
+use crate::launch::{launch_string, prepare, unbuildable};
 use crate::{Frame, FrameSlot, Progress, Source};
 
 /// How a camera is run and watched.
@@ -109,8 +110,9 @@ pub enum CameraState {
     Stalled,
     /// Waiting out the back-off before the next attempt.
     Reconnecting,
-    /// A configuration problem that retrying cannot fix (e.g. a launch string
-    /// that does not parse). Reported, never retried.
+    /// A problem that retrying cannot fix: a launch string that does not
+    /// parse, or video that needs a GStreamer plug-in that is not installed
+    /// (`last_error` names it and the package). Reported, never retried.
     Failed,
     /// A file that reached its end with looping off.
     Ended,
@@ -389,7 +391,10 @@ fn run_pipeline(
     let launch = launch_string(source, options);
     let pipeline = match gst::parse::launch(&launch) {
         Ok(p) => p,
-        Err(e) => return RunEnd::Fatal(format!("the pipeline could not be built: {e}")),
+        Err(e) => {
+            let why = format!("the pipeline could not be built: {}", unbuildable(&e));
+            return RunEnd::Fatal(source.scrub(&why));
+        }
     };
     let Some(pipeline) = pipeline.downcast_ref::<gst::Pipeline>().cloned() else {
         return RunEnd::Fatal("the launch string did not produce a pipeline".into());
@@ -504,12 +509,16 @@ fn watch(
     let Some(bus) = pipeline.bus() else {
         return RunEnd::Fatal("internal: pipeline without a bus".into());
     };
+    // Plug-ins GStreamer looked for and did not find, as it said so: kept
+    // for the error that follows when the video itself needed one.
+    let mut missing: Vec<MissingPlugin> = Vec::new();
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
         // The details are on the bus; pick them up below.
-        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
-            && let gst::MessageView::Error(err) = msg.view()
-        {
-            return RunEnd::Retry(describe_error(err, source));
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Element]) {
+            note_missing(&mut missing, &msg);
+            if let gst::MessageView::Error(err) = msg.view() {
+                return ended_by(err, &missing, source);
+            }
         }
         return RunEnd::Retry(format!("the pipeline would not start: {e}"));
     }
@@ -542,10 +551,11 @@ fn watch(
         }
         if let Some(msg) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(100),
-            &[gst::MessageType::Error, gst::MessageType::Eos],
+            &[gst::MessageType::Error, gst::MessageType::Eos, gst::MessageType::Element],
         ) {
+            note_missing(&mut missing, &msg);
             match msg.view() {
-                gst::MessageView::Error(err) => return RunEnd::Retry(describe_error(err, source)),
+                gst::MessageView::Error(err) => return ended_by(err, &missing, source),
                 gst::MessageView::Eos(_) if source.is_file() && options.loop_file => {
                     // Start over in place: no teardown, no reconnect counted.
                     if pipeline
@@ -584,6 +594,32 @@ fn watch(
     }
 }
 
+/// Keeps a `missing-plugin` message's content; a handful is all a message
+/// can use, and a stream that plays on beside one (an audio track nothing
+/// decodes) must not grow the list for as long as it runs.
+fn note_missing(missing: &mut Vec<MissingPlugin>, msg: &gst::Message) {
+    if missing.len() < 8
+        && let Some(m) = MissingPlugin::from_message(msg)
+    {
+        missing.push(m);
+    }
+}
+
+/// What an error on the bus means for the camera. One that says a plug-in is
+/// missing is final: GStreamer reads its plug-in registry once, when the
+/// process starts, so a decoder installed later is only seen after a
+/// restart, and until then every reconnect fails the same way (the endless
+/// loop this replaced). A camera switched to another codec by its owner is
+/// picked up by restarting or reloading Vigil, which the message asks for.
+fn ended_by(err: &gst::message::Error, missing: &[MissingPlugin], source: &Source) -> RunEnd {
+    let error = err.error();
+    if error.matches(gst::CoreError::MissingPlugin) || error.matches(gst::StreamError::CodecNotFound) {
+        let debug = err.debug();
+        return RunEnd::Fatal(source.scrub(&codecs::explain_missing(missing, debug.as_deref())));
+    }
+    RunEnd::Retry(describe_error(err, source))
+}
+
 fn describe_error(err: &gst::message::Error, source: &Source) -> String {
     let mut text = err.error().to_string();
     if let Some(debug) = err.debug() {
@@ -592,13 +628,8 @@ fn describe_error(err: &gst::message::Error, source: &Source) -> String {
             text = format!("{text} ({})", first.trim());
         }
     }
-    // Element errors can echo the URI; keep passwords out of logs and health.
-    if let Source::Rtsp { url } | Source::Http { url } = source
-        && let Some(pw) = url.password().filter(|p| !p.is_empty())
-    {
-        text = text.replace(pw, "***");
-    }
-    text
+    source.scrub(&text)
 }
+
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::launch::validate;
 use crate::source::PACED_SOURCE;
 
 fn file(path: &Path) -> Source {
@@ -77,6 +78,26 @@ fn a_file_in_real_time_decodes_with_the_threads_a_live_stream_gets() {
     // A file analysed frame by frame keeps libav's own choice.
     let lossless = decoders(&file(&clip), &CameraOptions { realtime: false, ..CameraOptions::default() });
     assert_eq!((lossless[0].1.as_str(), lossless[0].2), ("auto", 0), "{lossless:?}");
+}
+
+#[test]
+fn pipeline_errors_never_show_a_password_from_the_source() {
+    let base = Path::new("/");
+    let launch =
+        Source::parse("launch:rtspsrc location=rtsp://admin:hunter2@cam/s ! decodebin", base).expect("valid");
+    assert_eq!(launch.scrub("no route to rtsp://admin:hunter2@cam/s"), "no route to rtsp://admin:***@cam/s");
+    let rtsp = Source::parse("rtsp://admin:hunter2@cam/s", base).expect("valid");
+    assert!(!rtsp.scrub("401 for admin:hunter2").contains("hunter2"));
+}
+
+#[test]
+fn a_launch_line_naming_an_element_that_is_not_installed_names_its_package() {
+    crate::init().expect("GStreamer");
+    let source =
+        Source::parse("launch:videotestsrc ! avdec_vigil_nonexistent", Path::new("/")).expect("valid");
+    let e = validate(&source).expect_err("no such element").to_string();
+    assert!(e.contains("`avdec_vigil_nonexistent` is not installed"), "{e}");
+    assert!(e.contains("install the Debian package gstreamer1.0-libav"), "{e}");
 }
 
 /// Records `frames` frames of the moving ball at `fps` through `encode` (a
