@@ -218,6 +218,13 @@ async fn not_found() -> ApiError {
 )]
 struct ApiDoc;
 
+/// The OpenAPI document served at `/api/v1/openapi.json`. Public so that
+/// docs/api.md can be rendered from it (`api/tests/api_doc.rs`) and never
+/// drift from the routes.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
