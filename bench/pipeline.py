@@ -25,12 +25,17 @@ Vigil and the reference alternate (A/B/A/B, `--repeats` rounds), and the bare
 loops run between rounds: each round is measured against the mean of the
 bare runs just before and just after it. Each line reports the median of the
 rounds. Everything runs against a real Mosquitto on
-a free loopback port. Results go to stdout (a table) and --out (JSON).
+a free loopback port. Results go to stdout (a table), to --out (JSON), and
+to a dated pair of files in bench/results/ (the table with the host's facts,
+and the JSON): the benchmark's history. `--report SAVED.json` prints the
+table of a saved run again without measuring anything.
 """
 
 import argparse
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -694,11 +699,11 @@ def case_still(a, broker, clip):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vigil", required=True)
-    ap.add_argument("--model", required=True, help="YOLO-size model, batch 1")
-    ap.add_argument("--batched-model", required=True, help="the same model taking any batch")
-    ap.add_argument("--ball-model", required=True, help="for the still scene (it detects the ball)")
-    ap.add_argument("--work", required=True)
+    ap.add_argument("--vigil")
+    ap.add_argument("--model", help="YOLO-size model, batch 1")
+    ap.add_argument("--batched-model", help="the same model taking any batch")
+    ap.add_argument("--ball-model", help="for the still scene (it detects the ball)")
+    ap.add_argument("--work")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--frames", type=int, default=300, help="frames of the 30 fps clip")
     ap.add_argument("--cases", default="one,latency,four,still",
@@ -708,7 +713,26 @@ def main():
     ap.add_argument("--threads", type=int, default=0,
                     help="ONNX Runtime threads for Vigil, bare and Python (default: Vigil's plan, every core)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--results", default=None,
+                    help=f"where the dated results file goes (default after a run: {RESULTS}; "
+                         "with --report: nowhere unless given)")
+    ap.add_argument("--no-results", action="store_true", help="print the table only")
+    ap.add_argument("--report", metavar="SAVED_JSON",
+                    help="measure nothing: print the table of a saved run (--out, or a results .json), "
+                         "and write its results file with --results")
     a = ap.parse_args()
+    if a.report:
+        with open(a.report) as f:
+            result = json.load(f)
+        text = report(result)
+        print(text, end="")
+        if a.results and not a.no_results:
+            print(f"results: {write_results(result, text, a.results, saved=a.report)}")
+        return
+    missing = [k for k in ("vigil", "model", "batched_model", "ball_model", "work") if not getattr(a, k)]
+    if missing:
+        ap.error("to measure, give " + ", ".join("--" + k.replace("_", "-") for k in missing)
+                 + " (bench/pipeline.sh does), or --report SAVED_JSON")
     for k in ("vigil", "model", "batched_model", "ball_model", "work"):
         setattr(a, k, os.path.abspath(getattr(a, k)))
     os.makedirs(a.work, exist_ok=True)
@@ -727,8 +751,10 @@ def main():
     make_still_clip(still)
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    result = {"machine": {"cores": cores, "cpu": cpu, "onnxruntime": ort.__version__}, "frames": a.frames,
-              "threads": threads, "model": os.path.basename(a.model)}
+    result = {"machine": {"cores": cores, "cpu": cpu, "onnxruntime": ort.__version__, **host_facts()},
+              "frames": a.frames, "threads": threads, "model": os.path.basename(a.model),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": vigil_commit(),
+              "run": {"cases": a.cases, "repeats": a.repeats, "frames": a.frames, "threads": a.threads}}
     broker = Broker(a.work)
     try:
         cases = a.cases.split(",")
@@ -750,10 +776,13 @@ def main():
         broker.stop()
     if "bare" not in result:
         result["bare"] = bare(a, threads)
-    report(result)
+    text = report(result)
+    print(text, end="")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
+    if not a.no_results:
+        print(f"results: {write_results(result, text, a.results or RESULTS)}")
 
 
 def threads_of(r):
@@ -809,13 +838,19 @@ def slowest_share(runs):
 
 
 def report(r):
+    """The results as the table the run prints (and the results file holds)."""
+    buf = io.StringIO()
+
+    def say(*args):
+        print(*args, file=buf)
+
     m = r["machine"]
-    print(f"\n# {r.get('model', '?')}; {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; "
-          "values: medians of the rounds; "
-          "ratios: medians of the ratios within each round\n")
+    say(f"\n# {r.get('model', '?')}; {m['cores']} cores, {m['cpu']}, onnxruntime {m['onnxruntime']}; "
+        "values: medians of the rounds; "
+        "ratios: medians of the ratios within each round\n")
     bare_rounds = r.get("one_camera", {}).get("bare") or [r["bare"]]
     bare_fps, bare_ms = med(bare_rounds, "fps"), med(bare_rounds, "median_ms")
-    print(f"bare session.run: {bare_ms:.1f} ms median, {bare_fps:.2f} fps\n")
+    say(f"bare session.run: {bare_ms:.1f} ms median, {bare_fps:.2f} fps\n")
     # (measure, Vigil, Python, target, Vigil's ratio, Python's ratio)
     rows = []
     if "one_camera" in r:
@@ -917,17 +952,17 @@ def report(r):
         rows.append(("4 cameras, throughput alone: CPU s/frame",
                      med(f["vigil"], "cpu_s_per_frame"), None, "", cpu_limit(f), None))
     if rows:
-        print(f"| {'measure':<56} | {'Vigil':>9} | {'Python':>9} | {'target':<22} | {'ratio':>7} | {'Py ratio':>8} |")
-        print(f"|{'-' * 58}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 9}|{'-' * 10}|")
+        say(f"| {'measure':<56} | {'Vigil':>9} | {'Python':>9} | {'target':<22} | {'ratio':>7} | {'Py ratio':>8} |")
+        say(f"|{'-' * 58}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 9}|{'-' * 10}|")
     for name, v, p, target, ratio, py_ratio in rows:
         fv = f"{v:9.3f}" if isinstance(v, float) else f"{v:>9}"
         fp = "" if p is None else (f"{p:9.3f}" if isinstance(p, float) else f"{p:>9}")
         fr = "" if ratio is None else f"{ratio:7.3f}"
         fpr = "" if py_ratio is None else f"{py_ratio:8.3f}"
-        print(f"| {name:<56} | {fv} | {fp:>9} | {target:<22} | {fr:>7} | {fpr:>8} |")
+        say(f"| {name:<56} | {fv} | {fp:>9} | {target:<22} | {fr:>7} | {fpr:>8} |")
     if "live30" in r:
         on, off = r["live30"]["lanes"], r["live30"]["no_lanes"]
-        print(f"\nlive 30 fps, one camera, {len(on)} rounds (medians; per round in brackets): lanes on | off")
+        say(f"\nlive 30 fps, one camera, {len(on)} rounds (medians; per round in brackets): lanes on | off")
         for what, key, f in (("frames analysed", "processed", "{:.0f}"), ("frames dropped", "dropped", "{:.0f}"),
                              ("latency p50 ms", "p50_ms", "{:.1f}"), ("latency p99 ms", "p99_ms", "{:.1f}"),
                              ("CPU ms/frame", "cpu_s_per_frame", "{:.1f}")):
@@ -935,21 +970,109 @@ def report(r):
 
             def show(runs):
                 return (f.format(med(runs, key) * k) + " (" + ", ".join(f.format(x[key] * k) for x in runs) + ")")
-            print(f"  {what:<16} {show(on)} | {show(off)}")
-        print(f"  runs on lanes    {statistics.median(x['lane_runs'] / x['runs'] for x in on):.2f}")
+            say(f"  {what:<16} {show(on)} | {show(off)}")
+        say(f"  runs on lanes    {statistics.median(x['lane_runs'] / x['runs'] for x in on):.2f}")
     if "jitter" in r:
         j = r["jitter"]
         spreads = ", ".join(f"{x['spread']:.2f}" for x in j)
-        print(f"\nthis machine at 10 calls/s of fixed {med(j, 'median_ms'):.0f} ms work, no model: "
-              f"p99 / p50 {med(j, 'spread'):.2f} (rounds: {spreads}); "
-              f"over the back-to-back median: p50 {med(j, 'p50'):.2f}, p99 {med(j, 'p99'):.2f}")
+        say(f"\nthis machine at 10 calls/s of fixed {med(j, 'median_ms'):.0f} ms work, no model: "
+            f"p99 / p50 {med(j, 'spread'):.2f} (rounds: {spreads}); "
+            f"over the back-to-back median: p50 {med(j, 'p50'):.2f}, p99 {med(j, 'p99'):.2f}")
     if "still" in r:
         g, e = r["still"]["gated"], r["still"]["every"]
         frames = med(g, "received")
-        print(f"\nstill scene: {frames:.0f} frames; gating on: {med(g, 'frames'):.0f} inferences "
-              f"({frames / med(g, 'frames'):.1f}x fewer), off: {med(e, 'frames'):.0f}")
-        print(f"  events on:  {g[0]['events']}\n  events off: {e[0]['events']}")
-        print(f"  same events: {all(x['events'] == e[0]['events'] for x in g + e)}")
+        say(f"\nstill scene: {frames:.0f} frames; gating on: {med(g, 'frames'):.0f} inferences "
+            f"({frames / med(g, 'frames'):.1f}x fewer), off: {med(e, 'frames'):.0f}")
+        say(f"  events on:  {g[0]['events']}\n  events off: {e[0]['events']}")
+        say(f"  same events: {all(x['events'] == e[0]['events'] for x in g + e)}")
+    return buf.getvalue()
+
+
+# --- results files -------------------------------------------------------------
+
+RESULTS = os.path.join(HERE, "results")
+DEFAULT_CASES = "one,latency,four,still"
+
+
+def host_facts():
+    """What else a reader of a results file needs to know about the box."""
+    mem_kib = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:")), 0)
+    return {"memory_gib": round(mem_kib / 2**20, 1), "kernel": os.uname().release}
+
+
+def vigil_commit():
+    """The checkout's commit (with "+changes" when it has uncommitted ones), or None outside git."""
+    def git(*args):
+        return subprocess.run(["git", "-C", HERE, *args], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def cpu_slug(cpu):
+    """"AMD EPYC 7B13 64-Core Processor" -> "amd-epyc-7b13";
+    "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz" -> "intel-xeon-platinum-8375c"."""
+    name = re.sub(r"\((R|TM)\)|@.*$|\b\d+-Core\b|\bProcessor\b|\bCPU\b", " ", cpu, flags=re.I)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-cpu"
+
+
+def reproduce(r):
+    """The command that repeats a run, from what the run recorded."""
+    run = r.get("run")
+    if not run:
+        return None
+    cmd = ["bench/pipeline.sh"]
+    size = re.fullmatch(r"yolov8([a-z])\.onnx", r.get("model", ""))
+    if size and size.group(1) != "n":
+        cmd += ["--model-size", size.group(1)]
+    cmd += ["--cases", run["cases"], "--repeats", str(run["repeats"])]
+    if run["frames"] != 300:
+        cmd += ["--frames", str(run["frames"])]
+    if run["threads"]:
+        cmd += ["--threads", str(run["threads"])]
+    return " ".join(cmd)
+
+
+def write_results(r, text, folder, saved=None):
+    """A dated Markdown file with the table this run printed and the facts of
+    the host, and the run's JSON beside it (`--report` reads it back). One
+    pair of files per run: a second run on the same day gets `-2`, and so
+    on. Returns the Markdown file's path."""
+    if r.get("date"):
+        when = r["date"]
+    else:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(os.path.getmtime(saved)))
+        when += " (not recorded by the run: the saved file's modification time)"
+    m = r["machine"]
+    cases = r.get("run", {}).get("cases", DEFAULT_CASES)
+    stem = "-".join([when[:10], cpu_slug(m["cpu"]), os.path.splitext(r.get("model", "model"))[0]]
+                    + ([re.sub(r"[^a-z0-9]+", "-", cases.lower()).strip("-")] if cases != DEFAULT_CASES else []))
+    os.makedirs(folder, exist_ok=True)
+    n, name = 1, stem
+    while os.path.exists(os.path.join(folder, name + ".md")) or os.path.exists(os.path.join(folder, name + ".json")):
+        n += 1
+        name = f"{stem}-{n}"
+    host = f"{m['cpu']}, {m['cores']} cores"
+    if "memory_gib" in m:
+        host += f", {m['memory_gib']} GiB, Linux {m['kernel']}"
+    facts = [("date", when), ("host", host), ("onnxruntime", m["onnxruntime"]),
+             ("model", f"{r.get('model', '?')}, {threads_of(r)} ONNX Runtime threads"),
+             ("Vigil", f"commit {r['commit']}" if r.get("commit") else "not recorded"),
+             ("command", f"`{reproduce(r)}`" if reproduce(r) else "not recorded"),
+             ("raw results", f"[{name}.json]({name}.json)")]
+    md = [f"# Pipeline benchmark: {when[:10]}, {m['cpu']}", "",
+          "Written by `bench/pipeline.py` at the end of a run. What each number is: that script;",
+          "how to read the table: [docs/performance.md](../../docs/performance.md).", "",
+          "| | |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in facts]
+    md += ["", "```text", text.strip("\n"), "```", ""]
+    with open(os.path.join(folder, name + ".md"), "w") as f:
+        f.write("\n".join(md))
+    with open(os.path.join(folder, name + ".json"), "w") as f:
+        json.dump(r, f, indent=1)
+        f.write("\n")
+    return os.path.join(folder, name + ".md")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@
 # makes the clips, then runs bench/pipeline.py: one camera, live latency, four
 # cameras with a model swap mid-run, a still scene with motion gating on and
 # off. Prints a table; the JSON goes to
-# .vigil/bench/pipeline-yolov8<size>.json. Takes
+# .vigil/bench/pipeline-yolov8<size>.json, and both, with the host's facts,
+# to a dated pair of files in bench/results/ (commit them: they are the
+# benchmark's history, see docs/performance.md). Takes
 # about thirteen minutes on two cores. Nothing is left running afterwards.
 set -euo pipefail
 SIZE=n
