@@ -16,7 +16,7 @@ computed, an Expand to a constant shape) is not rewritten, and the check below
 then fails loudly rather than giving a model that mixes up its images.
 
 Vigil batches frames of several cameras into one run when a model accepts it
-(see README, "Shared inference"); the benchmark and the batching tests use
+(see docs/architecture.md, "Cameras share a model"); the benchmark and the batching tests use
 models made by this script from the committed ones.
 """
 
