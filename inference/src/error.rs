@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -26,9 +27,24 @@ pub enum InferenceError {
     #[error("model {path} does not fit any decoder: {reason}")]
     Unsupported { path: PathBuf, reason: String },
 
+    /// Refused before anything of the model's size was allocated (see
+    /// [`crate::ModelLimits`]).
+    #[error("model {path} asks for more than this box allows: {reason}")]
+    TooLarge { path: PathBuf, reason: String },
+
     #[error("model {path}: {reason}")]
     Provider { path: PathBuf, reason: String },
 
     #[error("inference failed: {0}")]
     Run(String),
+
+    /// A run's output did not fit the decoder (a model whose output shape
+    /// follows its input): that run is lost, the model itself still works.
+    #[error("the model's output on this frame does not fit its decoder: {0}")]
+    Output(String),
+
+    /// A run stopped by its deadline or by a [`crate::RunCancel`]; the
+    /// session stays usable.
+    #[error("the model run was stopped after {after:.1?}: {why}")]
+    Stopped { after: Duration, why: String },
 }

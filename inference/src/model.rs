@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,15 +5,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
-use crate::decode::{Coords, DecodeParams, DecodeScratch, OutTensor, decode};
-use crate::manifest::{read_labels_txt, read_manifest};
-use crate::plan::{ModelFacts, ModelPlan, Overrides, TensorInfo, plan};
-use crate::preprocess::{Geometry, InputBuffers, InputType};
-use crate::provider::{Provider, ProviderStatus, register};
+use crate::decode::{Coords, DecodeScratch, Decoder, OutTensor};
+use crate::limits::{self, Loading, ModelLimits};
+use crate::plan::{ModelPlan, Overrides, TensorInfo, plan};
+use crate::preprocess::{Geometry, InputBuffers};
+use crate::provider::{Provider, ProviderStatus};
+use crate::session::{Opened, hex, load_error, read_output, run_session, session_builder, stack};
+use crate::stop::{Armed, RunCancel, Stop};
 use crate::{BBox, DecoderKind, Detection, I420View, ImageView, InferenceError, nms, runtime};
 
 /// How to load a model: config overrides, threads and provider.
@@ -112,7 +111,7 @@ pub struct Timings {
 /// after frame, so the hot path does not allocate its big buffers.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    input: InputBuffers,
+    pub(crate) input: InputBuffers,
     geometry: Option<Geometry>,
     preprocess: Duration,
 }
@@ -125,11 +124,12 @@ impl Prepared {
 }
 
 /// What whoever runs the model reuses between runs: the stacked input of a
-/// batch and the decoders' buffers.
+/// batch, the decoders' buffers, and the stop handle of runs with a deadline.
 #[derive(Debug, Default)]
 pub struct RunScratch {
     stacked: InputBuffers,
     decode: DecodeScratch,
+    deadline: Option<RunCancel>,
 }
 
 /// Both halves, for callers that prepare and run on one thread.
@@ -152,12 +152,11 @@ pub struct Scratch {
 #[derive(Debug)]
 pub struct Detector {
     info: Arc<ModelInfo>,
-    labels: Vec<Arc<str>>,
-    params: DecodeParams,
+    decoder: Decoder,
     /// Per class id: its own threshold when the config or manifest set one.
     class_threshold: Vec<Option<f32>>,
     /// The most frames one run takes: 1, the fixed N of the input's first
-    /// dimension, or unbounded when it is dynamic.
+    /// dimension, or `ModelLimits::max_batch` when it is dynamic.
     batch_limit: usize,
     /// The input's first dimension is a fixed N > 1: runs are padded to it.
     fixed_batch: Option<usize>,
@@ -172,6 +171,8 @@ pub struct Detector {
     /// How to load them: `lanes` copies with these options. `None`: no lanes.
     lane_options: Option<ModelOptions>,
     lanes_requested: AtomicBool,
+    /// How long each test run (at load, of each lane) may take.
+    test_run: Duration,
 }
 
 /// A small black frame: what a model is test-run on when it loads.
@@ -188,164 +189,25 @@ pub enum RunOn {
     Lane(usize),
 }
 
-fn dtype_name(t: &TensorElementType) -> String {
-    match t {
-        TensorElementType::Float32 => "float32",
-        TensorElementType::Float16 => "float16",
-        TensorElementType::Float64 => "float64",
-        TensorElementType::Uint8 => "uint8",
-        TensorElementType::Int8 => "int8",
-        TensorElementType::Int32 => "int32",
-        TensorElementType::Int64 => "int64",
-        TensorElementType::Bool => "bool",
-        other => return format!("{other:?}").to_lowercase(),
-    }
-    .to_string()
-}
-
-fn tensor_info(o: &ort::value::Outlet) -> TensorInfo {
-    match o.dtype() {
-        ValueType::Tensor { ty, shape, .. } => {
-            TensorInfo { name: o.name().to_owned(), dtype: dtype_name(ty), shape: shape.to_vec() }
-        }
-        other => TensorInfo { name: o.name().to_owned(), dtype: format!("{other:?}"), shape: vec![] },
-    }
-}
-
-/// Opens a model file with ONNX Runtime and reads what it says about itself,
-/// plus its manifest and labels.txt. Used by `load` and `vigil models inspect`.
-pub fn read_facts(path: &Path) -> Result<(Vec<u8>, Session, ModelFacts), InferenceError> {
-    let (bytes, mut sessions, facts, _) = read_facts_with(path, &ModelOptions::default())?;
-    let session = sessions.pop().ok_or_else(|| InferenceError::Run("no session".into()))?;
-    Ok((bytes, session, facts))
-}
-
-/// ONNX Runtime ends its messages with a full stop; the error adds its own.
-fn load_error(path: &Path, reason: String) -> InferenceError {
-    InferenceError::ModelLoad { path: path.to_owned(), reason: reason.trim_end_matches('.').to_owned() }
-}
-
-/// A session builder with Vigil's settings for `opts` (provider not yet
-/// registered).
-fn session_builder(
-    path: &Path,
-    opts: &ModelOptions,
-) -> Result<ort::session::builder::SessionBuilder, InferenceError> {
-    let env = runtime::environment()?;
-    let load_err = |reason: String| load_error(path, reason);
-    let mut b = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-    // `All`, not `Level3`: in `ort` Level3 is ORT_ENABLE_LAYOUT, one
-    // step short of what ONNX Runtime (and its Python package) does by
-    // default. Two one-thread YOLOv8n copies side by side: 41.8 vs 41.0
-    // runs/s (three interleaved pairs, all in favour).
-    b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| load_err(e.to_string()))?;
-    if opts.intra_threads > 0 {
-        b = b.with_intra_threads(opts.intra_threads).map_err(|e| load_err(e.to_string()))?;
-    }
-    // ONNX Runtime's intra-op workers spin between operators, which a
-    // run needs, and go on spinning after it has returned, which nothing
-    // needs: with one camera at 10 fps on two threads the second thread
-    // spun some 30 ms after every run, CPU taken from the decoders and
-    // the other cameras. Stopped when the last run returns (the next
-    // run restarts it), Vigil's CPU per frame fell from 102-122 ms to
-    // 70-78 and the capture-to-publish p99 fell too, in each of six
-    // interleaved pairs; flat out, the throughput is the same.
-    // inference/tests/idle_spin.rs checks a loaded model idles for free.
-    b = b.with_config_entry("session.force_spinning_stop", "1").map_err(|e| load_err(e.to_string()))?;
-    // ONNX Runtime's memory pattern lays out every intermediate tensor
-    // of a run in one block, planned from the first run of each input
-    // shape. Without it each tensor is its own allocation: from the
-    // arena that all sessions share, that is a lock taken hundreds of
-    // times a run by every session running. YOLOv8n, two one-thread
-    // copies side by side: 42.2 runs/s with the pattern, 39.7 without
-    // (five interleaved pairs); Vigil's four-camera bench 0.90 vs 0.86
-    // of the bare loop, for 22 MiB more peak memory (one camera: 24). A
-    // model that runs batches of 1 to N frames would plan N layouts and
-    // hold the largest (four cameras in batches: peak RSS 437 MB
-    // without the pattern, 548 with it), so batching keeps it off.
-    let single_shape = opts.max_batch == 1;
-    b = b.with_memory_pattern(single_shape).map_err(|e| load_err(e.to_string()))?;
-    if runtime::shared_arena() {
-        b = b.with_env_allocators().map_err(|e| load_err(e.to_string()))?;
-    }
-    Ok(b)
-}
-
-fn read_facts_with(
-    path: &Path,
-    options: &ModelOptions,
-) -> Result<(Vec<u8>, Vec<Session>, ModelFacts, ProviderStatus), InferenceError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| InferenceError::ModelUnreadable { path: path.to_owned(), reason: e.to_string() })?;
-    if bytes.is_empty() {
-        return Err(InferenceError::ModelLoad { path: path.to_owned(), reason: "the file is empty".into() });
-    }
-    let load_err = |reason: String| load_error(path, reason);
-    let base = |opts: &ModelOptions| session_builder(path, opts);
-    let requested = options.provider;
-    let (builder, provider) = match register(base(options)?, requested, options.device_id) {
-        Ok(b) => (
-            b,
-            ProviderStatus {
-                requested: requested.ort_name().into(),
-                active: requested.ort_name().into(),
-                fallback_reason: None,
-            },
-        ),
-        Err(reason) if options.allow_cpu_fallback => {
-            tracing::error!(
-                model = %path.display(),
-                requested = requested.ort_name(),
-                %reason,
-                "execution provider unavailable: RUNNING ON CPU INSTEAD (allow_cpu_fallback = true)"
-            );
-            (
-                base(options)?,
-                ProviderStatus {
-                    requested: requested.ort_name().into(),
-                    active: Provider::Cpu.ort_name().into(),
-                    fallback_reason: Some(reason),
-                },
-            )
-        }
-        Err(reason) => {
-            return Err(InferenceError::Provider { path: path.to_owned(), reason });
-        }
-    };
-    let mut sessions = Vec::with_capacity(options.sessions.max(1));
-    for _ in 0..options.sessions.max(1) {
-        let mut b = builder.clone();
-        sessions.push(b.commit_from_memory(&bytes).map_err(|e| load_err(e.to_string()))?);
-    }
-    let session = &sessions[0];
-    let mut metadata = BTreeMap::new();
-    if let Ok(meta) = session.metadata()
-        && let Ok(keys) = meta.custom_keys()
-    {
-        for k in keys {
-            if let Some(v) = meta.custom(&k) {
-                metadata.insert(k, v);
-            }
-        }
-    }
-    let manifest = read_manifest(path)
-        .map_err(|reason| InferenceError::Unsupported { path: path.to_owned(), reason })?;
-    let facts = ModelFacts {
-        inputs: session.inputs().iter().map(tensor_info).collect(),
-        outputs: session.outputs().iter().map(tensor_info).collect(),
-        metadata,
-        manifest,
-        labels_txt: read_labels_txt(path),
-    };
-    Ok((bytes, sessions, facts, provider))
-}
-
 impl Detector {
     /// Loads, inspects and validates a model, then test-runs it once on a
-    /// blank frame. Fails with a message that lists what was found when no
-    /// decoder fits.
+    /// blank frame, within [`ModelLimits::default`]. Fails with a message
+    /// that lists what was found when no decoder fits.
     pub fn load(name: &str, path: &Path, options: ModelOptions) -> Result<Detector, InferenceError> {
-        let (bytes, sessions, facts, provider) = read_facts_with(path, &options)?;
+        Detector::load_with(name, path, options, &ModelLimits::default())
+    }
+
+    /// [`Detector::load`] within `limits`: a model that asks for more (input
+    /// size, batch, memory) is refused before anything of its size is
+    /// allocated, and a test run that takes longer than `limits.test_run` is
+    /// stopped, failing the load.
+    pub fn load_with(
+        name: &str,
+        path: &Path,
+        options: ModelOptions,
+        limits: &ModelLimits,
+    ) -> Result<Detector, InferenceError> {
+        let Opened { bytes, session, facts, provider, builder } = crate::session::open(path, &options)?;
         // Lanes are for the CPU; they load the first time they are wanted.
         let lane_options = (options.lanes > 1 && provider.active == Provider::Cpu.ort_name()).then(|| {
             ModelOptions { intra_threads: (options.intra_threads / options.lanes).max(1), ..options.clone() }
@@ -354,9 +216,45 @@ impl Detector {
             path: path.to_owned(),
             reason: format!("{reason}; found {}", facts.describe()),
         })?;
+        // The first input dimension is the batch: -1 (or a name) takes any
+        // number of frames, a fixed N takes exactly N (runs are padded), 1
+        // takes one. Inputs fed at the frame's own size cannot be stacked.
+        let batch_dim = facts.inputs.iter().find(|i| i.name == plan.input.name).and_then(|i| i.shape.first());
+        let too_large = |reason: String| InferenceError::TooLarge { path: path.to_owned(), reason };
+        let (mut batch_limit, fixed_batch) = match (batch_dim, plan.input.size) {
+            (_, None) => (1, None),
+            (Some(&n), _) if n > 1 => {
+                limits::check_fixed_batch(&plan.input.name, n as usize, limits).map_err(too_large)?;
+                (n as usize, Some(n as usize))
+            }
+            (Some(&n), _) if n <= 0 => (limits.max_batch.max(1), None),
+            _ => (1, None),
+        };
+        if options.max_batch > 0 && fixed_batch.is_none() {
+            batch_limit = batch_limit.min(options.max_batch);
+        }
+        // Before any buffer of the input's size exists (the test run below
+        // would make one) and before the other copies load.
+        let loading = Loading {
+            weights: bytes.len() as u64,
+            copies: options.sessions.max(1) + lane_options.as_ref().map_or(0, |o| o.lanes),
+            batch: batch_limit,
+            cpu: provider.active == Provider::Cpu.ort_name(),
+        };
+        let available =
+            if limits.memory_share > 0.0 { limits::available_memory(Path::new("/")) } else { None };
+        limits::check(&plan, &facts.outputs, loading, limits, available.as_ref()).map_err(too_large)?;
+        let mut sessions = vec![session];
+        for _ in 1..options.sessions.max(1) {
+            let copy =
+                builder.clone().commit_from_memory(&bytes).map_err(|e| load_error(path, e.to_string()))?;
+            sessions.push(copy);
+        }
         let labels: Vec<Arc<str>> = plan.labels.iter().map(|l| Arc::from(l.as_str())).collect();
         let class_threshold =
             plan.labels.iter().map(|l| plan.thresholds.class_confidence.get(l).copied()).collect();
+        let declared = plan.roles.iter().map(|r| r.map(|i| facts.outputs[i].shape.clone())).collect();
+        let decoder = Decoder { kind: plan.decoder, params: plan.decode_params(), labels, declared };
         let info = ModelInfo {
             name: name.to_owned(),
             version: 1,
@@ -369,20 +267,9 @@ impl Detector {
             metadata: facts.metadata,
             provider,
         };
-        // The first input dimension is the batch: -1 (or a name) takes any
-        // number of frames, a fixed N takes exactly N (runs are padded), 1
-        // takes one. Inputs fed at the frame's own size cannot be stacked.
-        let batch_dim = info.inputs.iter().find(|i| i.name == plan.input.name).and_then(|i| i.shape.first());
-        let (batch_limit, fixed_batch) = match (batch_dim, plan.input.size) {
-            (_, None) => (1, None),
-            (Some(&n), _) if n > 1 => (n as usize, Some(n as usize)),
-            (Some(&n), _) if n <= 0 => (usize::MAX, None),
-            _ => (1, None),
-        };
         let mut detector = Detector {
             info: Arc::new(info),
-            labels,
-            params: plan.decode_params(),
+            decoder,
             class_threshold,
             batch_limit,
             fixed_batch,
@@ -391,29 +278,50 @@ impl Detector {
             lanes: OnceLock::new(),
             lane_options,
             lanes_requested: AtomicBool::new(false),
+            test_run: limits.test_run,
         };
         let view = blank_frame();
         let mut scratch = Scratch::default();
-        detector.detect(&view, &mut scratch).map_err(|e| InferenceError::Unsupported {
-            path: path.to_owned(),
-            reason: format!("a test run on a blank frame failed: {e}"),
+        detector.prepare(&view, &mut scratch.prepared);
+        detector.test_run(None, &[&scratch.prepared], &mut scratch.run).map_err(|e| match e {
+            InferenceError::Stopped { .. } => too_large(format!(
+                "a test run on a blank {}x{} frame did not finish within {:.1?} and was stopped: a model \
+                 that runs that long loops without end or is far too big for this box (if the box is \
+                 only slow, raise test_run for this model)",
+                view.width, view.height, limits.test_run
+            )),
+            e => InferenceError::Unsupported {
+                path: path.to_owned(),
+                reason: format!("a test run on a blank frame failed: {e}"),
+            },
         })?;
         // A model may declare a dynamic batch and still mix its images up (a
         // reshape that folds the batch away): try two frames before trusting
         // it; if that fails, run it one frame at a time.
-        if options.max_batch > 0 && detector.fixed_batch.is_none() {
-            detector.batch_limit = detector.batch_limit.min(options.max_batch);
-        }
         if detector.batch_limit > 1 {
             let mut second = Prepared::default();
             detector.prepare(&view, &mut second);
-            if let Err(e) = detector.run_prepared(&[&scratch.prepared, &second], &mut scratch.run) {
+            if let Err(e) = detector.test_run(None, &[&scratch.prepared, &second], &mut scratch.run) {
                 tracing::info!(model = %path.display(), error = %e, "the model does not run batches; it runs one frame at a time");
                 detector.batch_limit = 1;
                 detector.fixed_batch = None;
             }
         }
         Ok(detector)
+    }
+
+    /// One run within the test-run limit, on `session` or a main copy.
+    fn test_run(
+        &self,
+        session: Option<&mut Session>,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        let stop = Stop::Deadline(Instant::now() + self.test_run, self.test_run);
+        match session {
+            Some(session) => self.run_on(session, items, scratch, stop),
+            None => self.run_on(&mut *self.session()?, items, scratch, stop),
+        }
     }
 
     /// A free copy of the session, else the next in turn (waiting for it).
@@ -499,7 +407,7 @@ impl Detector {
         self.prepare(&view, &mut scratch.prepared);
         for lane in &lanes {
             let mut session = lane.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?;
-            self.run_on(&mut session, &[&scratch.prepared], &mut scratch.run)?;
+            self.test_run(Some(&mut session), &[&scratch.prepared], &mut scratch.run)?;
         }
         let _ = self.lanes.set(lanes);
         Ok(())
@@ -572,6 +480,46 @@ impl Detector {
         scratch: &mut RunScratch,
         on: RunOn,
     ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        self.run_stoppable(items, scratch, on, Stop::Never)
+    }
+
+    /// [`Detector::run_prepared_on`], stopped at `deadline` if it has not
+    /// finished by then: it then fails with [`InferenceError::Stopped`]
+    /// within about a millisecond of the deadline (ONNX Runtime checks
+    /// between operators; one operator is never cut short), and the session
+    /// is ready for the next run. Costs no thread: one watcher thread per
+    /// process serves every deadline.
+    pub fn run_prepared_until(
+        &self,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+        on: RunOn,
+        deadline: Instant,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        let limit = deadline.saturating_duration_since(Instant::now());
+        self.run_stoppable(items, scratch, on, Stop::Deadline(deadline, limit))
+    }
+
+    /// [`Detector::run_prepared_on`], stopped when `cancel` is cancelled
+    /// (from any thread, before or during the run): it then fails with
+    /// [`InferenceError::Stopped`].
+    pub fn run_prepared_cancellable(
+        &self,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+        on: RunOn,
+        cancel: &RunCancel,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
+        self.run_stoppable(items, scratch, on, Stop::Handle(cancel))
+    }
+
+    fn run_stoppable(
+        &self,
+        items: &[&Prepared],
+        scratch: &mut RunScratch,
+        on: RunOn,
+        stop: Stop<'_>,
+    ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
         let lane = match on {
             RunOn::Lane(i) => self.lanes.get().and_then(|lanes| lanes.get(i)),
             RunOn::Main => None,
@@ -580,7 +528,7 @@ impl Detector {
             Some(lane) => lane.lock().map_err(|_| InferenceError::Run("session lock poisoned".into()))?,
             None => self.session()?,
         };
-        self.run_on(&mut session, items, scratch)
+        self.run_on(&mut session, items, scratch, stop)
     }
 
     fn run_on(
@@ -588,6 +536,7 @@ impl Detector {
         session: &mut Session,
         items: &[&Prepared],
         scratch: &mut RunScratch,
+        stop: Stop<'_>,
     ) -> Result<Vec<(Prediction, Timings)>, InferenceError> {
         let plan = &self.info.plan;
         let n = items.len();
@@ -616,7 +565,9 @@ impl Detector {
             &scratch.stacked
         };
         let name = plan.input.name.as_str();
-        let outputs = run_session(session, name, plan.input.dtype, shape, input)?;
+        let armed = Armed::new(stop, &mut scratch.deadline)?;
+        let outputs = run_session(session, name, plan.input.dtype, shape, input, armed.options())
+            .map_err(|e| armed.finish(e))?;
         let t2 = Instant::now();
 
         let mut whole = Vec::with_capacity(plan.roles.len());
@@ -638,16 +589,10 @@ impl Detector {
                     .collect::<Result<_, _>>()?
             };
             let mut pred = Prediction::default();
-            let coords = decode(
-                plan.decoder,
-                &outs,
-                &self.params,
-                &self.labels,
-                geometry.frame_size(),
-                &mut scratch.decode,
-                &mut pred,
-            )
-            .map_err(InferenceError::Run)?;
+            let coords = self
+                .decoder
+                .decode(&outs, geometry.frame_size(), &mut scratch.decode, &mut pred)
+                .map_err(InferenceError::Output)?;
             self.finish(&mut pred, coords, geometry);
             results.push((
                 pred,
@@ -683,7 +628,7 @@ impl Detector {
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
-            let outputs = run_session(&mut session, name, plan.input.dtype, shape, buf)?;
+            let outputs = run_session(&mut session, name, plan.input.dtype, shape, buf, None)?;
             drop(outputs);
             times.push(t.elapsed());
         }
@@ -723,81 +668,4 @@ impl Detector {
             d.bbox = BBox { x1, y1, x2, y2 };
         }
     }
-}
-
-/// One `session.run` on `input` (the vector of its dtype), viewed in place.
-fn run_session<'s>(
-    session: &'s mut Session,
-    name: &str,
-    dtype: InputType,
-    shape: [usize; 4],
-    input: &InputBuffers,
-) -> Result<ort::session::SessionOutputs<'s>, InferenceError> {
-    let run_err = |e: ort::Error| InferenceError::Run(e.to_string());
-    match dtype {
-        InputType::Float32 => session
-            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.f32[..])).map_err(run_err)?]),
-        InputType::Float16 => session
-            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.f16[..])).map_err(run_err)?]),
-        InputType::Uint8 => session
-            .run(ort::inputs![name => TensorRef::from_array_view((shape, &input.u8[..])).map_err(run_err)?]),
-    }
-    .map_err(run_err)
-}
-
-/// Copies the frames' tensors one after another into `out`, zero-filling
-/// any rows beyond them (a model with a fixed batch larger than the frames).
-fn stack(items: &[&Prepared], rows: usize, dtype: InputType, out: &mut InputBuffers) {
-    fn rows_of<T: Copy + Default>(parts: Vec<&[T]>, rows: usize, out: &mut Vec<T>) {
-        let len = parts.first().map_or(0, |p| p.len());
-        out.clear();
-        out.reserve(len * rows);
-        for p in &parts {
-            out.extend_from_slice(p);
-        }
-        out.resize(len * rows, T::default());
-    }
-    match dtype {
-        InputType::Float32 => rows_of(items.iter().map(|p| &p.input.f32[..]).collect(), rows, &mut out.f32),
-        InputType::Float16 => rows_of(items.iter().map(|p| &p.input.f16[..]).collect(), rows, &mut out.f16),
-        InputType::Uint8 => rows_of(items.iter().map(|p| &p.input.u8[..]).collect(), rows, &mut out.u8),
-    }
-}
-
-/// An output as f32: borrowed when it already is f32, converted otherwise
-/// (class ids as int64, masks as bool, float16 heads).
-fn read_output(v: &DynValue) -> Result<OutTensor<'_>, InferenceError> {
-    let err = |e: ort::Error| InferenceError::Run(e.to_string());
-    let ValueType::Tensor { ty, .. } = v.dtype() else {
-        return Err(InferenceError::Run("an output is not a tensor".into()));
-    };
-    macro_rules! conv {
-        ($t:ty, $f:expr) => {{
-            let (shape, data) = v.try_extract_tensor::<$t>().map_err(err)?;
-            OutTensor { shape: shape.to_vec(), data: Cow::Owned(data.iter().map($f).collect()) }
-        }};
-    }
-    Ok(match ty {
-        TensorElementType::Float32 => {
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
-            OutTensor { shape: shape.to_vec(), data: Cow::Borrowed(data) }
-        }
-        TensorElementType::Float16 => conv!(half::f16, |x: &half::f16| x.to_f32()),
-        TensorElementType::Float64 => conv!(f64, |x: &f64| *x as f32),
-        TensorElementType::Int64 => conv!(i64, |x: &i64| *x as f32),
-        TensorElementType::Int32 => conv!(i32, |x: &i32| *x as f32),
-        TensorElementType::Uint8 => conv!(u8, |x: &u8| f32::from(*x)),
-        TensorElementType::Bool => conv!(bool, |x: &bool| if *x { 1.0 } else { 0.0 }),
-        other => {
-            return Err(InferenceError::Run(format!("outputs of type {other:?} are not supported")));
-        }
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

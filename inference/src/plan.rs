@@ -83,6 +83,7 @@ impl ModelPlan {
             max_det: t.max_detections,
             class_offset: t.class_offset,
             threshold: t.anomaly_threshold,
+            classes: self.classes.or((!self.labels.is_empty()).then_some(self.labels.len())),
         }
     }
 }

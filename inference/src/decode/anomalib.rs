@@ -2,7 +2,7 @@
 //! comes from the score; the regions from the mask (or the thresholded map),
 //! as boxes around each 8-connected component.
 
-use super::OutTensor;
+use super::{OutTensor, dims};
 use crate::{Anomaly, BBox, Detection};
 
 pub(crate) fn decode(
@@ -14,11 +14,20 @@ pub(crate) fn decode(
     dets: &mut Vec<Detection>,
 ) -> Result<Anomaly, String> {
     let s = *score.data.first().ok_or("pred_score is empty")?;
-    let (h, w) = match map.shape.as_slice() {
-        [1, 1, h, w] | [1, h, w] => (*h as usize, *w as usize),
-        sh => {
-            return Err(format!("anomaly_map must be [1, 1, H, W] or [1, H, W], got {sh:?}"));
-        }
+    // A NaN would pass no threshold: a broken model would say OK for ever.
+    if s.is_nan() {
+        return Err("pred_score is NaN".into());
+    }
+    let layout = "anomaly_map [1, 1, H, W] or [1, H, W]";
+    let (h, w) = match map.shape.len() {
+        4 => match dims::<4>(map, layout)? {
+            [1, 1, h, w] => (h, w),
+            _ => return Err(format!("expected {layout}, got {:?}", map.shape)),
+        },
+        _ => match dims::<3>(map, layout)? {
+            [1, h, w] => (h, w),
+            _ => return Err(format!("expected {layout}, got {:?}", map.shape)),
+        },
     };
     let values = &map.data[..h * w];
     let on: Vec<bool> = match mask {

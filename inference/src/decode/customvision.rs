@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{DecodeParams, OutTensor, det, sigmoid, softmax};
+use super::{DecodeParams, OutTensor, classes, det, dims, sigmoid, softmax};
 use crate::Detection;
 
 /// Anchor sizes in grid cells.
@@ -20,17 +20,17 @@ pub(crate) fn decode(
     labels: &[Arc<str>],
     dets: &mut Vec<Detection>,
 ) -> Result<(), String> {
-    let (ch, gh, gw) = match out.shape.as_slice() {
-        [1, c, h, w] => (*c as usize, *h as usize, *w as usize),
-        s => return Err(format!("expected [1, 5 * (5 + C), H, W], got {s:?}")),
-    };
+    let [one, ch, gh, gw] = dims(out, "[1, 5 * (5 + C), H, W]")?;
     let na = ANCHORS.len();
-    if ch % na != 0 || ch / na < 6 {
-        return Err(format!("{ch} channels is not 5 anchors x (5 + C)"));
+    if one != 1 || ch % na != 0 || ch / na < 6 {
+        return Err(format!("{:?} is not [1, 5 anchors x (5 + C), H, W]", out.shape));
     }
     let per = ch / na;
-    let classes = per - 5;
+    let classes = classes(per - 5, params)?;
     let plane = gh * gw;
+    if plane == 0 {
+        return Ok(());
+    }
     let v = |a: usize, k: usize, i: usize, j: usize| out.data[(a * per + k) * plane + i * gw + j];
 
     // Boxes (x, y, w, h normalised) and per-class probabilities, enumerated
@@ -83,7 +83,8 @@ pub(crate) fn decode(
     let max_det = params.max_det;
     while dets.len() < max_det {
         let (best, i) = argmax(&max_prob);
-        if best < params.conf {
+        // A NaN threshold stops it too (`partial_cmp` is `None`).
+        if best.partial_cmp(&params.conf).is_none_or(|o| o.is_lt()) || i >= n {
             break;
         }
         let c = max_class[i];
@@ -125,7 +126,14 @@ mod tests {
         set(6, 3.0);
         let out = OutTensor { shape: vec![1, (5 * per) as i64, 13, 13], data: Cow::Owned(data) };
         let labels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
-        let params = DecodeParams { conf: 0.1, iou: 0.45, max_det: 20, class_offset: 0, threshold: 0.5 };
+        let params = DecodeParams {
+            conf: 0.1,
+            iou: 0.45,
+            max_det: 20,
+            class_offset: 0,
+            threshold: 0.5,
+            classes: None,
+        };
         let mut dets = Vec::new();
         decode(&out, &params, &labels, &mut dets).expect("decode");
         assert_eq!(dets.len(), 1, "{dets:?}");

@@ -151,6 +151,10 @@ pub(crate) struct DecodeParams {
     pub(crate) class_offset: i64,
     /// anomalib: NG above this.
     pub(crate) threshold: f32,
+    /// The number of classes an output that encodes them in its shape must
+    /// have, when the model said so at load (its shape or its labels): a run
+    /// whose output says otherwise is not read with the wrong labels.
+    pub(crate) classes: Option<usize>,
 }
 
 /// What boxes are relative to.
@@ -164,10 +168,99 @@ pub(crate) enum Coords {
     Frame,
 }
 
+/// One model's decoder: its family, settings, labels, and the output shapes
+/// the model declared. Every run's outputs are checked before they are read
+/// (a data-dependent graph can change them from one frame to the next): a
+/// shape that does not fit is an error, never a panic or a read out of bounds.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoder {
+    pub(crate) kind: DecoderKind,
+    pub(crate) params: DecodeParams,
+    pub(crate) labels: Vec<Arc<str>>,
+    /// Per role, the output's shape as declared (`-1`: dynamic); `None`: an
+    /// optional role the model does not have.
+    pub(crate) declared: Vec<Option<Vec<i64>>>,
+}
+
+impl Decoder {
+    /// Decodes the outputs its roles point at into `pred`; detections come
+    /// out in the `Coords` returned, all with finite scores and boxes.
+    pub(crate) fn decode(
+        &self,
+        outs: &[Option<OutTensor<'_>>],
+        frame: (u32, u32),
+        scratch: &mut DecodeScratch,
+        pred: &mut Prediction,
+    ) -> Result<Coords, String> {
+        for (role, (out, declared)) in outs.iter().zip(&self.declared).enumerate() {
+            if let (Some(o), Some(d)) = (out, declared) {
+                fits_declared(&o.shape, d).map_err(|e| format!("{}: {e}", self.kind.roles()[role]))?;
+            }
+        }
+        let coords = decode(self.kind, outs, &self.params, &self.labels, frame, scratch, pred)
+            .map_err(|e| format!("{} decoder: {e}", self.kind))?;
+        // NaN and infinity pass no threshold as scores, but a box can still
+        // carry them, and JSON has no way to say them.
+        pred.detections.retain(|d| {
+            let b = d.bbox;
+            d.score.is_finite() && [b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite())
+        });
+        Ok(coords)
+    }
+}
+
+/// A run's output shape against the declared one: same rank, and every
+/// dimension the model fixed (past the batch, which a run may change) the same.
+fn fits_declared(actual: &[i64], declared: &[i64]) -> Result<(), String> {
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let fixed_differs = actual.iter().zip(declared).skip(1).any(|(&a, &d)| d > 0 && a != d);
+    if actual.len() != declared.len() || fixed_differs {
+        return Err(format!("the output is {actual:?}, but the model declares {declared:?}"));
+    }
+    Ok(())
+}
+
+/// The dimensions of an output that must have `R` of them, none negative
+/// and none absurd, holding exactly as many values as they multiply to
+/// (what makes every index a decoder computes from them valid).
+fn dims<const R: usize>(o: &OutTensor<'_>, layout: &str) -> Result<[usize; R], String> {
+    let s = o.shape.as_slice();
+    let mut d = [0usize; R];
+    if s.len() != R {
+        return Err(format!("expected {layout}, got {s:?}"));
+    }
+    let mut values: usize = 1;
+    for (d, &v) in d.iter_mut().zip(s) {
+        // No real output has a side past 2^31: a zero elsewhere would let
+        // such a dimension through with no values to back it.
+        *d = usize::try_from(v)
+            .ok()
+            .filter(|&v| v <= i32::MAX as usize)
+            .ok_or_else(|| format!("expected {layout}, got {s:?}"))?;
+        values = values.saturating_mul(*d);
+    }
+    if values != o.data.len() {
+        return Err(format!("an output of shape {s:?} came with {} values", o.data.len()));
+    }
+    Ok(d)
+}
+
+/// The class count an output's shape implies, checked against the model's.
+fn classes(found: usize, params: &DecodeParams) -> Result<usize, String> {
+    match params.classes {
+        Some(c) if c != found => {
+            Err(format!("the output has {found} classes, but the model was loaded with {c}"))
+        }
+        _ => Ok(found),
+    }
+}
+
 /// Runs decoder `kind` over the outputs its roles point at. Detections land
 /// in `pred.detections` in `Coords` returned.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn decode(
+fn decode(
     kind: DecoderKind,
     outs: &[Option<OutTensor<'_>>],
     params: &DecodeParams,
@@ -182,27 +275,29 @@ pub(crate) fn decode(
     match kind {
         DecoderKind::YoloV8 => {
             let o = need(0)?;
-            let (rows, n) = match o.shape.as_slice() {
-                [1, r, n] => (*r as usize, *n as usize),
-                s => return Err(format!("expected [1, 4+C, N], got {s:?}")),
-            };
-            yolo::decode_yolov8(&o.data, rows - 4, n, params.conf, labels, scratch, dets);
+            let [one, rows, n] = dims(o, "[1, 4+C, N]")?;
+            let c = rows
+                .checked_sub(4)
+                .filter(|&c| c >= 1 && one == 1)
+                .ok_or_else(|| format!("expected [1, 4+C, N] with at least one class, got {:?}", o.shape))?;
+            yolo::decode_yolov8(&o.data, classes(c, params)?, n, params.conf, labels, scratch, dets);
             Ok(Coords::Input)
         }
         DecoderKind::YoloV5 => {
             let o = need(0)?;
-            let (n, cols) = match o.shape.as_slice() {
-                [1, n, c] => (*n as usize, *c as usize),
-                s => return Err(format!("expected [1, N, 5+C], got {s:?}")),
-            };
-            yolo::decode_yolov5(&o.data, n, cols - 5, params.conf, labels, dets);
+            let [one, n, cols] = dims(o, "[1, N, 5+C]")?;
+            let c = cols
+                .checked_sub(5)
+                .filter(|&c| c >= 1 && one == 1)
+                .ok_or_else(|| format!("expected [1, N, 5+C] with at least one class, got {:?}", o.shape))?;
+            yolo::decode_yolov5(&o.data, n, classes(c, params)?, params.conf, labels, dets);
             Ok(Coords::Input)
         }
         DecoderKind::End2End => {
             let o = need(0)?;
-            let k = match o.shape.as_slice() {
-                [1, k, 6] => *k as usize,
-                s => return Err(format!("expected [1, K, 6], got {s:?}")),
+            let k = match dims(o, "[1, K, 6]")? {
+                [1, k, 6] => k,
+                _ => return Err(format!("expected [1, K, 6], got {:?}", o.shape)),
             };
             yolo::decode_end2end(&o.data, k, params, labels, dets)?;
             Ok(Coords::Input)
@@ -220,7 +315,7 @@ pub(crate) fn decode(
             Ok(Coords::Normalised)
         }
         DecoderKind::Classify => {
-            pred.classes = classify::top_k(need(0)?, labels, 5)?;
+            pred.classes = classify::top_k(need(0)?, params, labels, 5)?;
             Ok(Coords::Frame)
         }
         DecoderKind::Anomalib => {
@@ -250,3 +345,6 @@ fn label(labels: &[Arc<str>], class_id: u32) -> Arc<str> {
 fn det(class_id: u32, labels: &[Arc<str>], score: f32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
     Detection { class_id, label: label(labels, class_id), score, bbox: crate::BBox { x1, y1, x2, y2 } }
 }
+
+#[cfg(test)]
+mod tests;

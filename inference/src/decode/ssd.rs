@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use super::{DecodeParams, OutTensor, det};
+use super::{DecodeParams, OutTensor, det, dims};
 use crate::Detection;
 
 /// The number of rows K from a `[1, K, 4]` boxes tensor, checked against the others.
 fn rows(boxes: &OutTensor<'_>, others: &[&OutTensor<'_>]) -> Result<usize, String> {
-    let k = match boxes.shape.as_slice() {
-        [1, k, 4] => *k as usize,
-        s => return Err(format!("boxes must be [1, K, 4], got {s:?}")),
+    let k = match dims(boxes, "boxes [1, K, 4]")? {
+        [1, k, 4] => k,
+        _ => return Err(format!("boxes must be [1, K, 4], got {:?}", boxes.shape)),
     };
     for o in others {
         if o.data.len() < k {
@@ -21,11 +21,12 @@ fn rows(boxes: &OutTensor<'_>, others: &[&OutTensor<'_>]) -> Result<usize, Strin
 }
 
 fn class_id(v: f32, offset: i64) -> Result<u32, String> {
-    let id = v as i64 - offset;
-    if v.fract() != 0.0 || id < 0 {
-        return Err(format!("class value {v} minus class_offset {offset} is not a class id"));
+    // `as` saturates (NaN to 0, which `fract` has already refused).
+    let id = (v as i64).checked_sub(offset).and_then(|id| u32::try_from(id).ok());
+    match id {
+        Some(id) if v.fract() == 0.0 => Ok(id),
+        _ => Err(format!("class value {v} minus class_offset {offset} is not a class id")),
     }
-    Ok(id as u32)
 }
 
 /// Boxes `ymin, xmin, ymax, xmax` normalised; the first `count` rows with a
@@ -94,7 +95,14 @@ mod tests {
         let scores = t(&[1, 3], vec![0.9, 0.2, 0.8]);
         let classes = t(&[1, 3], vec![1.0, 2.0, 2.0]);
         let labels: Vec<Arc<str>> = vec!["person".into(), "car".into()];
-        let params = DecodeParams { conf: 0.25, iou: 0.5, max_det: 100, class_offset: 1, threshold: 0.5 };
+        let params = DecodeParams {
+            conf: 0.25,
+            iou: 0.5,
+            max_det: 100,
+            class_offset: 1,
+            threshold: 0.5,
+            classes: None,
+        };
         let mut out = Vec::new();
         // count = 2: the third row is past the count and ignored.
         decode_ssd(&boxes, &scores, &classes, &t(&[1], vec![2.0]), &params, &labels, &mut out).expect("ok");
@@ -112,7 +120,14 @@ mod tests {
         let scores = t(&[1, 2], vec![0.05, 0.7]);
         let classes = t(&[1, 2], vec![0.0, 1.0]);
         let labels: Vec<Arc<str>> = vec!["a".into(), "b".into()];
-        let params = DecodeParams { conf: 0.1, iou: 0.5, max_det: 100, class_offset: 0, threshold: 0.5 };
+        let params = DecodeParams {
+            conf: 0.1,
+            iou: 0.5,
+            max_det: 100,
+            class_offset: 0,
+            threshold: 0.5,
+            classes: None,
+        };
         let mut out = Vec::new();
         decode_s1(&boxes, &scores, &classes, &params, &labels, &mut out).expect("ok");
         assert_eq!(out.len(), 1);

@@ -52,7 +52,11 @@ fn decode_yolov8_portable(
     scratch: &mut DecodeScratch,
     out: &mut Vec<Detection>,
 ) {
-    debug_assert_eq!(data.len(), (4 + classes) * anchors);
+    // The caller checked the shape; an empty output has nothing to find
+    // (and its class count backs no values).
+    if anchors == 0 || data.len() != (4 + classes) * anchors {
+        return;
+    }
     // Pass 1: each anchor's best score. A plain running max over contiguous
     // class rows vectorises; which class won is only needed for the few
     // anchors above the threshold, so it is found afterwards.
@@ -126,7 +130,7 @@ pub(crate) fn decode_end2end(
         }
         if r[4] > params.conf {
             let class = r[5];
-            if !(class >= 0.0 && class.fract() == 0.0) {
+            if !(class >= 0.0 && class.fract() == 0.0 && class < 4_294_967_296.0) {
                 return Err(format!("class value {class} is not a class id"));
             }
             out.push(det(class as u32, labels, r[4], r[0], r[1], r[2], r[3]));
@@ -245,7 +249,14 @@ mod tests {
             5.0, 6.0, 7.0, 8.0, 0.1, 0.0,
             9.0, 9.0, 12.0, 12.0, 0.5, 1.0,
         ];
-        let params = DecodeParams { conf: 0.25, iou: 0.7, max_det: 300, class_offset: 0, threshold: 0.5 };
+        let params = DecodeParams {
+            conf: 0.25,
+            iou: 0.7,
+            max_det: 300,
+            class_offset: 0,
+            threshold: 0.5,
+            classes: None,
+        };
         let mut out = Vec::new();
         decode_end2end(&data, 3, &params, &labels(3), &mut out).expect("decode");
         let got: Vec<(u32, f32)> = out.iter().map(|d| (d.class_id, d.score)).collect();
