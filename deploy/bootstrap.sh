@@ -19,6 +19,9 @@
 #      Playwright for the web page test. Playwright's PyPI wheel carries its
 #      own driver, so nothing comes from npm; it drives Debian's Chromium
 #      (apt, step 1) and downloads no browser of its own.
+#   5. cargo-fuzz, which fuzz/run.sh drives (libFuzzer on the output decoders,
+#      built with its own C++ sources by build-essential's g++); stable Rust
+#      runs it with RUSTC_BOOTSTRAP=1. About 2 minutes to build once.
 #
 # Re-running it is fast: every step first checks whether its result is present.
 set -euo pipefail
@@ -116,6 +119,15 @@ venv_install() {
     cp "$req" "$stamp"
 }
 
+fuzz_install() {
+    if command -v cargo-fuzz >/dev/null; then
+        log "cargo-fuzz present"
+        return
+    fi
+    log "installing cargo-fuzz (for fuzz/run.sh)"
+    cargo install --locked --version 0.13.2 cargo-fuzz
+}
+
 ort_install() {
     local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
     if [ -f "$lib" ]; then
@@ -155,6 +167,7 @@ apt_install
 rust_install
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 rust_components
+fuzz_install
 venv_install
 ort_install
 log "done"
