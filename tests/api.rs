@@ -642,6 +642,13 @@ fn bad_uploads_are_refused_with_a_clear_4xx_while_the_line_keeps_running() {
         ("wrong input rank", fixture("bad_input_rank.onnx"), None, 422, &["rank"]),
         ("no decoder fits", fixture("bad_output_layout.onnx"), None, 422, &["decoder"]),
         ("label count mismatch", fixture("bad_label_count.onnx"), None, 422, &["2 labels", "3 classes"]),
+        (
+            "a 40000x40000 input (17.9 GiB to feed)",
+            fixture("misbehaving/huge_input.onnx"),
+            None,
+            422,
+            &["asks for more than this box allows", "40000x40000", "16384 pixels a side"],
+        ),
         ("lacks the rules' labels", fixture("yolov8_multiclass.onnx"), None, 422, &["ball"]),
         ("over the size limit", vec![0u8; 1024 * 1024 + 1], None, 413, &["max_upload_mb"]),
         ("empty", Vec::new(), None, 400, &["empty"]),
