@@ -56,7 +56,7 @@ pub enum Declared {
 pub struct Case {
     outputs: [Output; 4],
     declared: [Declared; 4],
-    /// Sizes of the fitting layouts: classes, anchors or rows, height, width.
+    /// Sizes of the fitting layouts: rows or columns, anchors, height, width.
     sizes: [u8; 4],
     /// Cycled to fill every tensor (zeros when empty).
     values: Vec<f32>,
@@ -70,23 +70,26 @@ pub struct Case {
     frame: (u16, u16),
 }
 
-/// The shape decoder `kind` reads for output `role`, sized by `s`: the
-/// class count may be 0 and every size may be 0 (each is its own edge).
+/// The shape decoder `kind` reads for output `role`, sized by `s`, and
+/// often just short of it: fewer rows or columns than a box needs (what
+/// made `rows - 4` wrap), no classes, a score tensor one row short. Every
+/// size may be 0.
 fn fitting(kind: DecoderKind, role: usize, s: [u8; 4]) -> Vec<i64> {
-    let [c, n, h, w] = s.map(i64::from);
+    let [e, n, h, w] = s.map(i64::from);
     // Up to 13x13, Custom Vision's own grid.
-    let (c, h, w) = (c % 8, h % 14, w % 14);
+    let (h, w) = (h % 14, w % 14);
+    let short = e % 2;
     match (kind, role) {
-        (DecoderKind::YoloV8, _) => vec![1, 4 + c, n],
-        (DecoderKind::YoloV5, _) => vec![1, n, 5 + c],
-        (DecoderKind::End2End, _) => vec![1, n, 6],
-        (DecoderKind::Classify, _) => vec![1, c],
-        (DecoderKind::CustomVision, _) => vec![1, 5 * (5 + c), h, w],
+        (DecoderKind::YoloV8, _) => vec![1, e % 12, n],
+        (DecoderKind::YoloV5, _) => vec![1, n, e % 13],
+        (DecoderKind::End2End, _) => vec![1, n, 5 + e % 3],
+        (DecoderKind::Classify, _) => vec![1, e % 8],
+        (DecoderKind::CustomVision, _) => vec![1, 5 * (e % 13), h, w],
         (DecoderKind::Ssd | DecoderKind::CustomVisionS1, 0) => vec![1, n, 4],
         (DecoderKind::Ssd, 3) => vec![1],
-        (DecoderKind::Ssd | DecoderKind::CustomVisionS1, _) => vec![1, n],
+        (DecoderKind::Ssd | DecoderKind::CustomVisionS1, _) => vec![1, (n - short).max(0)],
         (DecoderKind::Anomalib, 0) => vec![1],
-        (DecoderKind::Anomalib, _) if n % 2 == 0 => vec![1, 1, h, w],
+        (DecoderKind::Anomalib, _) if short == 0 => vec![1, 1, h, w],
         (DecoderKind::Anomalib, _) => vec![1, h, w],
     }
 }
