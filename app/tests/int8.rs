@@ -348,3 +348,123 @@ fn the_bad_candidate_disagrees_with_the_ball_model_and_the_good_one_agrees() {
     assert!(bad < 0.2, "bad candidate F1 {bad}");
     assert!(good >= 0.95, "good candidate F1 {good}");
 }
+
+/// A process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn http(method: &str, url: &str, token: &str, body: Option<&[u8]>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+        .expect("request");
+    let mut resp = agent.run(req).expect("HTTP request");
+    let body = resp.body_mut().read_to_vec().expect("body");
+    (resp.status().as_u16(), serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Through the real API of a running Vigil: the INT8 file is uploaded to
+/// the float model's slot, passes the same checks as any upload (loads,
+/// fits the slot's decoder and labels, self-test without NaN), is activated
+/// and serves the camera.
+#[test]
+fn an_int8_model_passes_the_upload_checks_and_serves() {
+    use std::io::BufRead;
+    let int8 = int8_yolov8n();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let broker_port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {broker_port} 127.0.0.1\nallow_anonymous true\n")).expect("conf");
+    let _broker = Killed(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (deploy/bootstrap.sh installs it)"),
+    );
+
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"int8\"\ndata_dir = \"{data}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[[models]]\nname = \"det\"\npath = \"{model}\"\n\
+             [[cameras]]\nname = \"cam1\"\nsource = \"test://ball?width=640&height=480&fps=5\"\nmodel = \"det\"\n",
+            data = dir.path().join("data").display(),
+            model = float_yolov8n().display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"))
+        .spawn()
+        .expect("spawn vigil");
+    let stdout = child.stdout.take().expect("stdout");
+    let _vigil = Killed(child);
+    // The web address and the token file are printed once it listens.
+    let (mut web, mut token) = (None, None);
+    for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(url) = line.trim().strip_prefix("web page: ") {
+            web = Some(url.trim_end_matches('/').to_owned());
+        }
+        if let Some(file) = line.trim().strip_prefix("api token: ") {
+            token = Some(std::fs::read_to_string(file).expect("token file").trim().to_owned());
+        }
+        if web.is_some() && token.is_some() {
+            break;
+        }
+    }
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let (Some(web), Some(token)) = (web, token) else { panic!("vigil did not start:\n{}", stderr()) };
+
+    let bytes = std::fs::read(&int8).expect("int8 model");
+    let (status, body) =
+        http("POST", &format!("{web}/api/v1/models/det/versions?activate=true"), &token, Some(&bytes));
+    assert_eq!(status, 201, "upload: {body}\n{}", stderr());
+    assert_eq!(body["activation"]["version"], 2, "{body}");
+
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let (status, health) = http("GET", &format!("{web}/healthz"), &token, None);
+    assert_eq!(status, 200);
+    let model = &health["models"][0];
+    assert_eq!(model["version"], 2, "{health}");
+    assert_eq!(model["sha256"], sha.as_str(), "the INT8 model is the active one: {health}");
+    // And it runs the camera's frames (every frame after the swap is run
+    // wholly by version 2), without an inference error.
+    let runs = |h: &Value| h["models"][0]["frames_run"].as_u64().expect("frames_run");
+    let start = runs(&health);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, h) = http("GET", &format!("{web}/healthz"), &token, None);
+        assert_eq!(h["models"][0]["version"], 2, "{h}");
+        assert_eq!(h["cameras"][0]["inference_errors"], 0, "{h}");
+        if runs(&h) >= start + 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the INT8 model ran no frames in 60 s: {h}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
