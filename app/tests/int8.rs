@@ -468,3 +468,37 @@ fn an_int8_model_passes_the_upload_checks_and_serves() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn quantize_py_refuses_a_calibration_set_whose_manifest_lies_and_says_which_frame() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set = dir.path().join("set");
+    let photo = &photos()[0];
+    python(&[
+        root.join("models/calibration_set.py").as_os_str(),
+        "synth".as_ref(),
+        set.as_os_str(),
+        "--camera".as_ref(),
+        "c".as_ref(),
+        "--frames".as_ref(),
+        "3".as_ref(),
+        photo.as_os_str(),
+    ]);
+    let manifest = set.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("JSON");
+    m["frames"][1]["width"] = serde_json::json!(9999);
+    std::fs::write(&manifest, serde_json::to_vec(&m).expect("JSON")).expect("write");
+    let out_model = dir.path().join("out.onnx");
+    let out = Command::new(venv_python())
+        .arg(root.join("models/quantize.py"))
+        .arg(root.join("models/ball/ball.onnx"))
+        .arg(&set)
+        .arg(&out_model)
+        .output()
+        .expect("quantize.py");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("000001.jpg") && err.contains("manifest.json says 9999x"), "{err}");
+    assert!(!out_model.exists(), "nothing is written");
+}
