@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use vigil_inference::{DecoderKind, Overrides, manifest_path, plan, read_facts};
+use vigil_inference::{DecoderKind, Overrides, manifest_path, plan, quantization, read_facts};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct InspectArgs {
@@ -21,6 +21,9 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     let (bytes, _session, facts) = read_facts(&args.model)?;
     let sha = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
     let plan = plan(&facts, &Overrides::default());
+    // ONNX Runtime has loaded the file, so its graph reads; if the walker
+    // still fails, say so on that line rather than refusing the model.
+    let quant = quantization(&bytes).map_err(|e| e.to_string());
     if args.json {
         let j = serde_json::json!({
             "model": args.model,
@@ -29,6 +32,7 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
             "inputs": facts.inputs,
             "outputs": facts.outputs,
             "metadata": facts.metadata,
+            "quantization": quant.as_ref().ok(),
             "manifest": facts.manifest.as_ref().map(|(p, _)| p),
             "plan": plan.as_ref().ok(),
             "error": plan.as_ref().err(),
@@ -43,6 +47,10 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     }
     for o in &facts.outputs {
         row("output", &o.to_string());
+    }
+    match &quant {
+        Ok(q) => row("quantized", &q.describe()),
+        Err(e) => row("quantized", &format!("unknown: {e}")),
     }
     if facts.metadata.is_empty() {
         row("metadata", "none");
