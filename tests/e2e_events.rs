@@ -162,7 +162,10 @@ zone = "station"
         assert_eq!(ctype, "image/jpeg");
         assert_eq!(&body[..2], &[0xff, 0xd8]);
     }
-    assert_eq!(vigil.get("/api/v1/snapshots/..%2Fvigil.toml").0, 404);
+    // A real JPEG just outside the snapshots folder: only the name check keeps it out.
+    let jpeg = vigil.get(end["snapshot"].as_str().expect("snapshot")).2;
+    std::fs::write(vigil.dir.path().join("vigil-data").join("outside.jpg"), jpeg).expect("outside.jpg");
+    assert_eq!(vigil.get("/api/v1/snapshots/..%2Foutside.jpg").0, 404);
     let lines = &camera_health(&vigil, "belt")["lines"][0];
     assert_eq!(
         (lines["name"].as_str(), lines["left"].as_u64(), lines["right"].as_u64()),
