@@ -22,8 +22,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_cameras;
 mod bench_events;
+mod healthcheck;
 mod infer;
 mod inspect;
+mod systemd;
 use vigil_pipeline::{Appliance, LoadedConfig};
 
 #[derive(Parser)]
@@ -89,6 +91,9 @@ enum ToolsCommand {
         #[arg(long)]
         expiry: Option<u64>,
     },
+    /// Exit 0 when the running appliance answers `/healthz` (the container
+    /// image's HEALTHCHECK; no curl needed).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -125,6 +130,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => report(bench::run(&args)),
         Command::BenchCameras(args) => report(bench_cameras::run(&args)),
         Command::BenchEvents(args) => report(bench_events::run(&args)),
+        Command::Tools { command: ToolsCommand::Healthcheck(args) } => match healthcheck::run(&args) {
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vigil: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Tools { command: ToolsCommand::SasToken { hub, device, key, expiry } } => {
             let expiry = expiry.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -278,10 +293,56 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
             mjpeg_fps: h.mjpeg_fps,
         },
     );
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    // Under systemd (Type=notify): ready now, pings while making progress.
+    let notifier = systemd::Notifier::from_env().map(Arc::new);
+    let watchdog = notifier.as_ref().map(|n| {
+        n.send(&format!("READY=1\nSTATUS=running as device {}", app.device()));
+        tokio::spawn(watchdog(n.clone(), app.clone()))
+    });
+    let stopping = notifier.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            if let Some(n) = stopping {
+                n.send("STOPPING=1");
+            }
+        })
+        .await?;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("shutting down");
     app.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// Pings systemd's watchdog every half `WatchdogSec=` while the appliance
+/// makes progress; stops (so systemd restarts Vigil) once it is wedged.
+async fn watchdog(notifier: Arc<systemd::Notifier>, app: Arc<Appliance>) {
+    let Some(every) = systemd::watchdog_interval() else { return };
+    let mut progress = systemd::Progress::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wedged = false;
+    loop {
+        tick.tick().await;
+        match progress.check(&app.health()) {
+            Ok(()) => {
+                if wedged {
+                    tracing::info!("making progress again: watchdog pings resume");
+                    wedged = false;
+                }
+                notifier.send("WATCHDOG=1");
+            }
+            Err(reason) => {
+                if !wedged {
+                    tracing::error!(%reason, "no progress: watchdog pings stop, systemd will restart Vigil");
+                    notifier.send(&format!("STATUS=wedged: {reason}"));
+                    wedged = true;
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
