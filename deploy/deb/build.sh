@@ -66,6 +66,8 @@ if [ "$1" = configure ]; then
         adduser --system --group --home /var/lib/vigil --no-create-home --quiet vigil
     fi
     adduser --quiet vigil video || true
+    # systemd makes it too (StateDirectory=); containers and other inits need it here.
+    install -d -o vigil -g vigil -m 0750 /var/lib/vigil
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
         systemctl enable vigil.service >/dev/null
