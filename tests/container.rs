@@ -80,8 +80,12 @@ fn compose_runs_the_demo_and_stops_cleanly() {
         http_port: free_port(),
     };
     compose.ok(&["up", "-d", "--no-build"]);
+    // Docker's proxy accepts on the host port even while the container is
+    // down, so wait for the broker's container to be running too.
+    let mosquitto = compose.container("mosquitto");
     wait_until(Duration::from_secs(30), "Mosquitto in its container", || {
-        std::net::TcpStream::connect(("127.0.0.1", compose.mqtt_port)).is_ok()
+        docker(&["inspect", "-f", "{{.State.Running}}", &mosquitto]) == "true"
+            && std::net::TcpStream::connect(("127.0.0.1", compose.mqtt_port)).is_ok()
     });
     let sub = Subscriber::connect(compose.mqtt_port, "vigil/demo/#");
     sub.expect("vigil/demo/status", "online", Duration::from_secs(120));

@@ -63,11 +63,14 @@ ls -ld /var/lib/vigil
     assert!(run.status.success(), "in the container: {}\n{stdout}\n{stderr}", run.status);
     assert!(stdout.contains("installed: "), "{stdout}");
     assert!(stdout.contains("unit verified"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("groups=") && stdout.contains("(video)"), "vigil must be in the video group: {stdout}");
+    assert!(
+        stdout.contains("groups=") && stdout.contains("(video)"),
+        "vigil must be in the video group: {stdout}"
+    );
     assert!(stdout.contains("config checked"), "{stdout}");
     let event = stdout.lines().find_map(|l| l.strip_prefix("event: ")).expect("an event line");
     let event: serde_json::Value = serde_json::from_str(event).expect("event JSON");
     assert_valid_event(&event);
     assert_eq!(event["device"], "vigil");
-    assert!(stdout.contains("vigil vigil") , "data_dir owned by vigil: {stdout}");
+    assert!(stdout.contains("vigil vigil"), "data_dir owned by vigil: {stdout}");
 }
