@@ -183,9 +183,9 @@ fn an_activation_longer_than_the_request_timeout_answers_and_a_second_one_gets_4
     wait_until(Duration::from_secs(10), "the activation under way", || slot(&v)["activating"] == endless);
     let (status, ctype, body) =
         v.request("POST", &format!("/api/v1/models/ball/versions/{good}/activate"), &[], None);
-    let why: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
-    println!("second activation: {status} {why}");
+    println!("second activation: {status} {}", String::from_utf8_lossy(&body));
     assert_eq!(status, 409);
+    let why: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
     assert_eq!(ctype, "application/json");
     assert!(
         why["error"].as_str().is_some_and(|e| e.contains(&format!("already activating version {endless}")))
@@ -212,6 +212,7 @@ fn assert_consistent(v: &Vigil) -> u64 {
     assert!(nums.contains(&active), "active {active} is not stored: {s}");
     if let Some(p) = s["previous"].as_u64() {
         assert!(nums.contains(&p), "previous {p} is not stored: {s}");
+        assert_ne!(p, active, "previous is the active version: {s}");
     }
     for rec in s["versions"].as_array().expect("versions") {
         if rec["origin"] == "upload" {
