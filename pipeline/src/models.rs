@@ -823,3 +823,54 @@ pub mod futures_core_stream {
         std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: u32, dir: &Path) -> VersionRecord {
+        VersionRecord {
+            version,
+            sha256: String::new(),
+            file: dir.join(format!("v{version}.onnx")),
+            size_bytes: 0,
+            origin: "upload".into(),
+            added_at: 0,
+            decoder: "yolov8".into(),
+            labels: Vec::new(),
+            input: None,
+        }
+    }
+
+    #[test]
+    fn a_sweep_removes_partial_uploads_and_orphans_and_numbers_skip_every_file_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in [".upload-0192", "state.json.tmp", "v2.onnx", "v7.onnx"] {
+            std::fs::write(dir.path().join(f), b"x").expect("write");
+        }
+        let mut st = SlotState::default();
+        st.versions.insert(2, rec(2, dir.path()));
+        st.active = 2;
+        // v7 is a file no record names (a crash between a delete's save and its unlink).
+        let next = sweep(dir.path(), Some(&st));
+        let mut left: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec!["v2.onnx"]);
+        assert_eq!(next, 8, "7 was given once: never again");
+        st.next_version = next;
+        assert_eq!(st.take_version(), 8);
+        assert_eq!(st.take_version(), 9);
+    }
+
+    #[test]
+    fn without_a_readable_state_the_sweep_keeps_every_model_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in [".upload-0192", "v3.onnx"] {
+            std::fs::write(dir.path().join(f), b"x").expect("write");
+        }
+        assert_eq!(sweep(dir.path(), None), 4);
+        assert!(dir.path().join("v3.onnx").is_file());
+        assert!(!dir.path().join(".upload-0192").exists());
+    }
+}
