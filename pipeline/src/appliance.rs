@@ -126,6 +126,10 @@ pub struct Health {
     pub topics: TopicsJson,
     pub cameras: Vec<CameraHealth>,
     pub models: Vec<ModelHealth>,
+    /// What an operator should know although Vigil runs (a model version
+    /// that failed its checks at start and was replaced, ...); empty when
+    /// there is nothing to say.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,6 +221,9 @@ pub struct ModelHealth {
     pub frames_run: u64,
     /// Of `runs`, those that went on a lane, beside another.
     pub lane_runs: u64,
+    /// Why the slot does not serve the version last chosen (it failed its
+    /// checks at start and an older one, or the config's, serves instead).
+    pub warnings: Vec<String>,
 }
 
 /// Why a snapshot could not be made.
@@ -306,8 +313,13 @@ impl Appliance {
             options.sessions = threads.model_sessions[&m.name];
             options.lanes = threads.model_lanes[&m.name];
             options.max_batch = policy.max_batch;
-            let slot = ModelSlot::open(&m.name, &m.path, options, &loaded.data_dir, cameras, required)
-                .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
+            let limits = vigil_inference::ModelLimits {
+                test_run: Duration::from_secs_f64(m.test_run_s),
+                ..vigil_inference::ModelLimits::default()
+            };
+            let slot =
+                ModelSlot::open(&m.name, &m.path, options, limits, &loaded.data_dir, cameras, required)
+                    .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
             let det = slot.current();
             tracing::info!(
                 model = %m.name,
@@ -1064,8 +1076,14 @@ impl Appliance {
                             .runners
                             .get(n)
                             .map_or(0, |(s, _)| s.lane_runs.load(Ordering::Relaxed)),
+                        warnings: self.models[n].warnings(),
                     }
                 })
+                .collect(),
+            warnings: self
+                .model_order
+                .iter()
+                .flat_map(|n| self.models[n].warnings().into_iter().map(move |w| format!("model {n}: {w}")))
                 .collect(),
         }
     }
@@ -1460,14 +1478,21 @@ impl<'a> ModelImage<'a> {
         }
     }
 
-    /// Prepares and runs at once, on this thread.
-    pub(crate) fn detect(
+    /// Prepares and runs at once, on this thread, stopped at `deadline`
+    /// (a self-test must not hang on a model that never finishes).
+    pub(crate) fn detect_until(
         &self,
         detector: &Detector,
         scratch: &mut vigil_inference::Scratch,
+        deadline: std::time::Instant,
     ) -> Result<Prediction, vigil_inference::InferenceError> {
         self.prepare(detector, &mut scratch.prepared);
-        let mut out = detector.run_prepared(&[&scratch.prepared], &mut scratch.run)?;
+        let mut out = detector.run_prepared_until(
+            &[&scratch.prepared],
+            &mut scratch.run,
+            vigil_inference::RunOn::Main,
+            deadline,
+        )?;
         out.pop()
             .map(|(prediction, _)| prediction)
             .ok_or_else(|| vigil_inference::InferenceError::Run("no prediction".into()))

@@ -348,6 +348,11 @@ pub struct ModelConfig {
     /// and the fact in health) instead of refusing to start.
     #[serde(default)]
     pub allow_cpu_fallback: bool,
+    /// Seconds a test run (at load) and the self-test of an activation may
+    /// take before they are stopped: a model that loops for ever must not
+    /// hang a load, and a large model on a small board needs seconds.
+    #[serde(default = "default_test_run_s")]
+    pub test_run_s: f64,
 }
 
 impl ModelConfig {
@@ -467,6 +472,9 @@ impl CameraConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_test_run_s() -> f64 {
+    vigil_inference::default_test_run().as_secs_f64()
 }
 fn default_batch_wait_ms() -> u64 {
     10
@@ -751,6 +759,9 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if let Some(v) = m.iou.filter(|v| !(0.0..=1.0).contains(v)) {
             p(format!("{at}.iou = {v}: must be between 0 and 1 (e.g. 0.7)"));
+        }
+        if !(0.1..=3600.0).contains(&m.test_run_s) {
+            p(format!("{at}.test_run_s = {}: must be 0.1 to 3600 seconds (default 60)", m.test_run_s));
         }
         if m.max_detections == Some(0) {
             p(format!("{at}.max_detections = 0: must be at least 1"));
