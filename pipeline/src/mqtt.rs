@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::azure;
 use crate::config::{MqttTarget, TlsFiles};
-use crate::event::rfc3339;
+use crate::event::{Published, Stamp, Timestamp};
 use crate::outbox::Outbox;
 
 /// Topics of one device.
@@ -287,17 +287,20 @@ fn stamp(json: &[u8], seq: u64, captured_ms: u64) -> (Vec<u8>, f64) {
 fn stamp_at(json: &[u8], seq: u64, captured_ms: u64, now: SystemTime) -> (Vec<u8>, f64) {
     let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
     let latency = ((now_ms - captured_ms as f64).max(0.0) * 10.0).round() / 10.0;
-    match json.iter().rposition(|&b| b == b'}') {
-        Some(end) => {
-            let mut out = Vec::with_capacity(json.len() + 64);
-            out.extend_from_slice(&json[..end]);
-            out.extend_from_slice(
-                format!(",\"seq\":{seq},\"published_at\":\"{}\",\"latency_ms\":{latency}}}", rfc3339(now))
-                    .as_bytes(),
-            );
-            (out, latency)
+    // The stored event as a map, not as its type: the outbox may hold events
+    // an earlier version wrote. Its keys come back in the order they were
+    // stored (sorted), so the bytes on the wire are the stored ones plus the stamp.
+    let stamped =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json).and_then(|event| {
+            let stamp = Stamp { seq, published_at: Timestamp(now), latency_ms: latency };
+            serde_json::to_vec(&Published { event: &event, stamp })
+        });
+    match stamped {
+        Ok(out) => (out, latency),
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "stored event is not a JSON object; published as stored");
+            (json.to_vec(), latency)
         }
-        None => (json.to_vec(), latency),
     }
 }
 

@@ -221,11 +221,11 @@ fn scene() -> Vec<String> {
         };
         let pred = Prediction { detections, ..Default::default() };
         for e in ev.process(&f, &pred, &model, command) {
-            push(e.json);
+            push(e.json());
         }
     }
     for e in ev.finish(&frame(40), &model) {
-        push(e.json);
+        push(e.json());
     }
 
     // Classifier and anomaly models: their defects, on cameras of their own.
@@ -255,7 +255,7 @@ fn scene() -> Vec<String> {
         ..Default::default()
     };
     for e in cls.process(&frame(50), &classes, &model, Some(Some("p-1".into()))) {
-        push(e.json);
+        push(e.json());
     }
     let anomaly = Prediction {
         detections: vec![det("anomaly", 0, 0.812_345, [10.25, 11.75, 30.5, 40.0])],
@@ -263,7 +263,7 @@ fn scene() -> Vec<String> {
         ..Default::default()
     };
     for e in cls.process(&frame(51), &anomaly, &model, Some(None)) {
-        push(e.json);
+        push(e.json());
     }
 
     // The per-frame detections message, with each optional part.
