@@ -247,9 +247,9 @@ impl CameraEvents {
             r.step(&view, &mut rule_events);
         }
         for mut re in rule_events {
-            let id = uuid::Uuid::now_v7();
-            let name = format!("{}-{}.jpg", re.kind().replace('.', "-"), id);
+            let (id, kind) = (uuid::Uuid::now_v7(), re.kind());
             if let Some(snapshot) = re.snapshot_mut() {
+                let name = format!("{}-{}.jpg", kind.replace('.', "-"), id);
                 *snapshot = if self.snap(&name, frame, pred, None) { self.snapshot_url(&name) } else { None };
             }
             // The event's id names its snapshot.

@@ -8,7 +8,7 @@
 //! ranges); the fields that carry them name them with `schema_with`.
 
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
 use super::{Detections, Envelope, KINDS, Stamp};
@@ -191,11 +191,6 @@ pub fn files() -> Vec<(String, String)> {
             (format!("{kind}.v1.schema.json"), text)
         })
         .collect()
-}
-
-/// The schema of a message type as a value (for tests that validate against it).
-pub fn of<T: JsonSchema>() -> Schema {
-    generator().root_schema_for::<T>()
 }
 
 #[cfg(test)]
