@@ -30,7 +30,7 @@ use vigil_inference::{
 };
 
 use crate::config::LoadedConfig;
-use crate::event::DetectionsEvent;
+use crate::event::{DetectionsEvent, Event, ModelActivated, ModelRef, Recorded};
 use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
 use crate::metrics::{StageMetrics, escape};
 use crate::models::{Activation, ModelError, ModelSlot};
@@ -434,19 +434,17 @@ impl Appliance {
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(256);
                 while ev_rx.recv_many(&mut batch, 256).await > 0 {
-                    let jsons: Vec<Vec<u8>> = batch.iter().map(|e| e.json.clone()).collect();
-                    let rows: Vec<(u64, Vec<u8>)> =
-                        batch.drain(..).map(|e| (e.captured_ms, e.json)).collect();
+                    let rows: Vec<(u64, Vec<u8>)> = batch.iter().map(|e| (e.captured_ms, e.json())).collect();
                     let n = rows.len();
                     let ob = outbox.clone();
                     match tokio::task::spawn_blocking(move || ob.append(&rows)).await {
                         Ok(Ok(seqs)) => {
                             wake.notify_one();
                             let mut r = recent.lock();
-                            for (json, seq) in jsons.iter().zip(seqs) {
-                                if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(json) {
-                                    m.insert("seq".into(), seq.into());
-                                    let v = Arc::new(serde_json::Value::Object(m));
+                            for (e, seq) in batch.drain(..).zip(seqs) {
+                                let recorded = Recorded { event: &e.event, seq };
+                                if let Ok(v) = serde_json::to_value(&recorded) {
+                                    let v = Arc::new(v);
                                     if r.len() >= RECENT_EVENTS {
                                         r.pop_front();
                                     }
@@ -458,6 +456,7 @@ impl Appliance {
                         Ok(Err(e)) => tracing::error!(error = %e, lost = n, "could not store events"),
                         Err(e) => tracing::error!(error = %e, lost = n, "outbox writer failed"),
                     }
+                    batch.clear();
                 }
             })
         };
@@ -675,28 +674,21 @@ impl Appliance {
     }
 
     async fn announce(&self, a: &Activation) {
-        let now = SystemTime::now();
-        let id = uuid::Uuid::now_v7();
-        let v = serde_json::json!({
-            "schema_version": crate::event::SCHEMA_VERSION,
-            "type": "model.activated",
-            "id": id.to_string(),
-            "device": self.device,
-            "time": crate::event::rfc3339(now),
-            "model": { "name": a.slot, "version": a.version, "sha256": a.sha256 },
-            "slot": a.slot,
-            "version": a.version,
-            "previous": a.previous,
-            "switch_ms": a.switch_ms,
-        });
-        let captured_ms =
-            now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let e = Emitted {
-            kind: "model.activated",
-            id,
-            captured_ms,
-            json: serde_json::to_vec(&v).unwrap_or_default(),
+        let model = ModelRef { name: a.slot.clone(), version: a.version, sha256: a.sha256.clone() };
+        let activated = ModelActivated {
+            slot: a.slot.clone(),
+            version: a.version,
+            previous: a.previous.clone(),
+            switch_ms: a.switch_ms,
         };
+        let event = Event::of_device(
+            uuid::Uuid::now_v7(),
+            self.device.as_str().into(),
+            SystemTime::now(),
+            model,
+            activated,
+        );
+        let e = Emitted::new(event);
         let tx = self.api_events.lock().clone();
         if let Some(tx) = tx
             && tx.send(e).await.is_err()

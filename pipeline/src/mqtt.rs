@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::azure;
 use crate::config::{MqttTarget, TlsFiles};
-use crate::event::rfc3339;
+use crate::event::{Published, Stamp, Timestamp};
 use crate::outbox::Outbox;
 
 /// Topics of one device.
@@ -281,20 +281,26 @@ fn options(cfg: &LinkConfig) -> Result<(MqttOptions, Option<Instant>), String> {
 /// Adds `seq` (the outbox's sequence number: consecutive, rising across
 /// restarts), `published_at` and `latency_ms` to a stored event JSON.
 fn stamp(json: &[u8], seq: u64, captured_ms: u64) -> (Vec<u8>, f64) {
-    let now = SystemTime::now();
+    stamp_at(json, seq, captured_ms, SystemTime::now())
+}
+
+fn stamp_at(json: &[u8], seq: u64, captured_ms: u64, now: SystemTime) -> (Vec<u8>, f64) {
     let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
     let latency = ((now_ms - captured_ms as f64).max(0.0) * 10.0).round() / 10.0;
-    match json.iter().rposition(|&b| b == b'}') {
-        Some(end) => {
-            let mut out = Vec::with_capacity(json.len() + 64);
-            out.extend_from_slice(&json[..end]);
-            out.extend_from_slice(
-                format!(",\"seq\":{seq},\"published_at\":\"{}\",\"latency_ms\":{latency}}}", rfc3339(now))
-                    .as_bytes(),
-            );
-            (out, latency)
+    // The stored event as a map, not as its type: the outbox may hold events
+    // an earlier version wrote. Its keys come back in the order they were
+    // stored (sorted), so the bytes on the wire are the stored ones plus the stamp.
+    let stamped =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json).and_then(|event| {
+            let stamp = Stamp { seq, published_at: Timestamp(now), latency_ms: latency };
+            serde_json::to_vec(&Published { event: &event, stamp })
+        });
+    match stamped {
+        Ok(out) => (out, latency),
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "stored event is not a JSON object; published as stored");
+            (json.to_vec(), latency)
         }
-        None => (json.to_vec(), latency),
     }
 }
 
@@ -592,5 +598,36 @@ mod tests {
         assert!(v["published_at"].as_str().is_some_and(|s| s.ends_with('Z')));
         assert!((250.0..5000.0).contains(&latency), "{latency}");
         assert_eq!(v["latency_ms"].as_f64(), Some(latency));
+    }
+
+    /// What a consumer receives, byte for byte, for an event as the outbox
+    /// stores it: `seq`, `published_at` and `latency_ms` last, in that order,
+    /// a whole-number latency without a fraction.
+    #[test]
+    fn stamped_events_keep_their_bytes_on_the_wire() {
+        let stored = concat!(
+            r#"{"camera":"cam1","device":"box-7","frame":{"height":48,"seq":3,"width":64},"#,
+            r#""id":"019ae0a1-2b3c-7d4e-8f60-718293a4b5c6","model":{"name":"ball","sha256":"#,
+            r#""0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","version":2},"#,
+            r#""schema_version":1,"time":"2026-11-18T11:06:40.300Z","track":{"box":[5.3,20.0,15.6,30.7],"#,
+            r#""box_norm":[0.0828,0.4167,0.2438,0.6396],"class_id":0,"id":1,"label":"ball","score":0.901},"#,
+            r#""type":"object.start"}"#
+        );
+        let captured = 1_795_000_000_300;
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_micros(ms);
+        let (out, latency) = stamp_at(stored.as_bytes(), 42, captured, at(1_795_000_000_300_000 + 250_040));
+        assert_eq!(latency, 250.0);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            stored.trim_end_matches('}').to_owned()
+                + r#","seq":42,"published_at":"2026-11-18T11:06:40.550Z","latency_ms":250}"#
+        );
+        let (out, latency) = stamp_at(stored.as_bytes(), 43, captured, at(1_795_000_000_300_000 + 12_345));
+        assert_eq!(latency, 12.3);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            stored.trim_end_matches('}').to_owned()
+                + r#","seq":43,"published_at":"2026-11-18T11:06:40.312Z","latency_ms":12.3}"#
+        );
     }
 }
