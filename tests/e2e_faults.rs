@@ -88,7 +88,6 @@ fn metric(vigil: &Vigil, line_start: &str) -> Option<f64> {
 /// memory, none lost, and `emitted` equal to `written` (the few on their
 /// way to the writer make the two differ only for an instant).
 fn assert_every_event_accounted_for(vigil: &Vigil) -> u64 {
-    let mut last = Value::Null;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let h = vigil.health();
@@ -103,8 +102,7 @@ fn assert_every_event_accounted_for(vigil: &Vigil) -> u64 {
         if pending == 0 && emitted == written {
             return written;
         }
-        last = o.clone();
-        assert!(std::time::Instant::now() < deadline, "events unaccounted for: {last}");
+        assert!(std::time::Instant::now() < deadline, "events unaccounted for: {o}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -123,14 +121,13 @@ fn a_full_disk_degrades_health_and_the_events_made_meanwhile_are_delivered_once_
     // at once, redb reuses the pages it has and a full disk goes unnoticed).
     broker.stop_gracefully();
     let filler = fill(disk.path());
-    let mut degraded = Value::Null;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        degraded = vigil.health();
+    let degraded = loop {
+        let degraded = vigil.health();
         if degraded["status"] == "degraded"
             && reasons(&degraded).iter().any(|r| r.contains("outbox cannot store"))
         {
-            break;
+            break degraded;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -138,7 +135,7 @@ fn a_full_disk_degrades_health_and_the_events_made_meanwhile_are_delivered_once_
             vigil.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     assert_eq!(degraded["outbox"]["writable"], false, "{degraded}");
     // The camera goes on, its events held in memory.
     wait_until(Duration::from_secs(30), "events held in memory", || {

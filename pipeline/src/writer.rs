@@ -147,10 +147,8 @@ pub(crate) async fn run(
     let mut retry = RETRY_FIRST;
     let mut tries_left = TRIES_AT_SHUTDOWN;
     loop {
-        if held.events.is_empty() {
-            if !open || rx.recv_many(&mut incoming, BATCH).await == 0 {
-                break;
-            }
+        if held.events.is_empty() && (!open || rx.recv_many(&mut incoming, BATCH).await == 0) {
+            break;
         }
         // Whatever else is there already, without waiting.
         while open && incoming.len() < BATCH {
