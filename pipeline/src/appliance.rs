@@ -490,6 +490,7 @@ impl Appliance {
             ledger.clone(),
         ));
 
+        let stopping = CancellationToken::new();
         let policy = UpdatePolicy { interval_s: ev.update_interval_s, min_move: ev.update_min_move };
         let publish_detections = topics.detections.is_some();
         let mut cameras = Vec::new();
@@ -601,6 +602,7 @@ impl Appliance {
                     answer_timeout(&threads, m, queues[m].1.run_timeout, cameras, max_in_flight)
                 }),
                 no_answer: rt.no_answer.clone(),
+                stopping: stopping.clone(),
                 closing: None,
                 command: rt.command.clone(),
                 line_counts: rt.line_counts.clone(),
@@ -646,7 +648,7 @@ impl Appliance {
             writer: Mutex::new(Some(writer)),
             link: Mutex::new(Some(link)),
             link_stop,
-            stopping: CancellationToken::new(),
+            stopping,
             started: Instant::now(),
             ort_library: rt.library.display().to_string(),
             topics,
@@ -1352,7 +1354,9 @@ struct Worker {
     answer_timeout: Duration,
     /// Frames given up on, and skipped, for want of an answer.
     no_answer: Arc<AtomicU64>,
-    /// Set once the camera has closed: the last answers' deadline.
+    /// Cancelled when shutdown begins.
+    stopping: CancellationToken,
+    /// Set once shutdown has begun: the last answers' deadline.
     closing: Option<Instant>,
     command: PendingCommand,
     line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
@@ -1655,8 +1659,9 @@ impl Worker {
         last: &mut Option<(Frame, Arc<ModelInfo>)>,
     ) -> bool {
         // At shutdown, answers get a second at most: the open tracks' ends
-        // must still reach the outbox within the shutdown deadline.
-        if self.slot.is_closed() && self.closing.is_none() {
+        // must still reach the outbox within the shutdown deadline. (A
+        // recording that ended by itself waits for its last answers.)
+        if self.stopping.is_cancelled() && self.closing.is_none() {
             self.closing = Some(Instant::now() + CLOSING_WAIT);
         }
         let until = self.closing.map_or(job.deadline, |c| c.min(job.deadline));
