@@ -1814,7 +1814,27 @@ impl<'a> ModelImage<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::input_buffers;
+    use super::{FAILING_WINDOW, failing_runs, input_buffers};
+    use crate::scheduler::RunRecord;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_model_is_failing_only_while_no_run_succeeds_for_the_window() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let err = |at| Some((at, "the model's output on this frame does not fit its decoder".to_owned()));
+        // One bad frame among good ones: an error count, not a failing model.
+        let mixed = RunRecord { last_ok: Some(ago(1)), last_failure: err(ago(0)), last_panic: None };
+        assert!(failing_runs(&mixed, now).is_none());
+        // Failing from the start, or with the last success a window ago.
+        let never = RunRecord { last_ok: None, last_failure: err(ago(0)), last_panic: None };
+        assert_eq!(failing_runs(&never, now).map(|f| f.0), Some(None));
+        let long = RunRecord { last_ok: Some(ago(30)), last_failure: err(ago(1)), last_panic: None };
+        assert_eq!(failing_runs(&long, now).map(|f| f.0), Some(Some(Duration::from_secs(30))));
+        // Failures that stopped (no runs lately: the camera is still): over.
+        let old = RunRecord { last_ok: Some(ago(40)), last_failure: err(ago(20)), last_panic: None };
+        assert!(FAILING_WINDOW < Duration::from_secs(20) && failing_runs(&old, now).is_none());
+    }
 
     #[test]
     fn a_second_input_buffer_only_where_the_runners_would_wait_for_it() {
