@@ -265,12 +265,18 @@ async fn healthz(State(s): State<ApiState>) -> Json<vigil_pipeline::Health> {
     (status = 503, description = "Not ready, with what is missing", body = Object)
 ))]
 async fn readyz(State(s): State<ApiState>) -> Response {
+    // Ready or not, it says whether the box is degraded and why: a load
+    // balancer reads the code, a person the reasons.
+    let h = s.app.health();
     match s.app.readiness() {
-        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
-        Err(why) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "waiting": why })))
-                .into_response()
+        Ok(()) => {
+            Json(serde_json::json!({ "ready": true, "status": h.status, "reasons": h.reasons })).into_response()
         }
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "waiting": why, "status": h.status, "reasons": h.reasons })),
+        )
+            .into_response(),
     }
 }
 
@@ -349,6 +355,7 @@ async fn mjpeg(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Re
     let app = s.app.clone();
     // Each part is made only when the client has taken the previous one: a
     // slow client gets fewer frames and holds nothing of the pipeline's.
+    let stopping = s.app.stopping();
     let stream =
         futures_util::stream::unfold((app, name, None::<u64>), move |(app, name, last_seq)| async move {
             loop {
@@ -378,7 +385,10 @@ async fn mjpeg(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Re
                 }
                 tokio::time::sleep(period).await;
             }
-        });
+        })
+        // Ends at shutdown: axum's graceful drain waits for every open body,
+        // and this one never ends by itself.
+        .take_until(stopping.cancelled_owned());
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "multipart/x-mixed-replace; boundary=vigilframe")
         .header(header::CACHE_CONTROL, "no-store")
@@ -432,7 +442,8 @@ async fn event_stream(
         // A lagging reader skips what it missed; the list endpoint has them.
         r.ok().map(|v| Ok(Event::default().event(v["type"].as_str().unwrap_or("event")).data(v.to_string())))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    // Ends at shutdown, like the live view (the keep-alive would hold it open).
+    Sse::new(stream.take_until(s.app.stopping().cancelled_owned())).keep_alive(KeepAlive::default())
 }
 
 /// A snapshot stored with an event (its `snapshot` field points here).

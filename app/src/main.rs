@@ -10,6 +10,7 @@
 //! Logs go to stderr (`RUST_LOG=debug` for more); the few lines a person needs
 //! (where the web page is, how to watch events) go to stdout.
 
+use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,7 +209,12 @@ fn run(file: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    match runtime.block_on(serve(loaded)) {
+    let result = runtime.block_on(serve(loaded));
+    // Blocking tasks still running (a camera that would not stop, a JPEG
+    // being encoded for a client that left) must not hold up the exit:
+    // everything that matters was flushed within the deadline, or given up.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil: {e:#}");
@@ -216,6 +222,14 @@ fn run(file: &Path) -> ExitCode {
         }
     }
 }
+
+/// From SIGTERM to exit, whatever clients are connected: systemd's and
+/// Docker's default stop timeouts (90 s, 10 s) are both above it, so a stop
+/// never ends in SIGKILL.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// Of the deadline, what the tokio runtime gets at the very end to let its
+/// last blocking tasks go; the appliance and the HTTP drain get the rest.
+const RUNTIME_GRACE: Duration = Duration::from_millis(500);
 
 async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     vigil_camera::init()?;
@@ -278,9 +292,34 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
             mjpeg_fps: h.mjpeg_fps,
         },
     );
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
-    tracing::info!("shutting down");
-    app.shutdown(Duration::from_secs(5)).await;
+    // Shutdown: the signal cancels the appliance's `stopping` token, which
+    // ends every live stream and starts axum's drain; the appliance stops
+    // (cameras, workers, open tracks' ends, the outbox flush, `offline`) at
+    // the same time. Both are bounded: a client that holds a request open
+    // does not hold the process.
+    let stopping = app.stopping();
+    let server = axum::serve(listener, router).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        r = &mut server => {
+            // The server failed on its own: stop the rest cleanly anyway.
+            app.shutdown(SHUTDOWN_DEADLINE - RUNTIME_GRACE).await;
+            r??;
+            return Ok(());
+        }
+        () = shutdown_signal() => app.begin_shutdown(),
+    }
+    let t0 = std::time::Instant::now();
+    tracing::info!(deadline_s = SHUTDOWN_DEADLINE.as_secs_f64(), "shutting down");
+    let budget = SHUTDOWN_DEADLINE - RUNTIME_GRACE;
+    let http = async {
+        if tokio::time::timeout(budget, &mut server).await.is_err() {
+            tracing::warn!("HTTP clients still connected at the shutdown deadline; closing them");
+            server.abort();
+        }
+    };
+    tokio::join!(http, app.shutdown(budget));
+    tracing::info!(took_ms = t0.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
 

@@ -338,6 +338,12 @@ pub struct ModelConfig {
     /// Frames not on their way are never waited for.
     #[serde(default = "default_batch_wait_ms")]
     pub batch_wait_ms: u64,
+    /// A run still going after this many ms is stopped: its frames are
+    /// skipped (counted in `runs_stopped`, health degraded while every run
+    /// fails) and the runner takes the next. Far above a normal run, so only
+    /// a model that loops or a box that has stalled meets it.
+    #[serde(default = "default_run_timeout_ms")]
+    pub run_timeout_ms: u64,
     /// Where the model runs: `cpu`, `cuda`, `tensorrt` or `openvino`.
     #[serde(default)]
     pub provider: vigil_inference::Provider,
@@ -478,6 +484,9 @@ fn default_test_run_s() -> f64 {
 }
 fn default_batch_wait_ms() -> u64 {
     10
+}
+fn default_run_timeout_ms() -> u64 {
+    10_000
 }
 fn default_latency_ms() -> u32 {
     200
@@ -789,6 +798,9 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if m.batch_wait_ms > 1000 {
             p(format!("{at}.batch_wait_ms = {}: at most 1000 (a few ms is plenty)", m.batch_wait_ms));
+        }
+        if !(10..=3_600_000).contains(&m.run_timeout_ms) {
+            p(format!("{at}.run_timeout_ms = {}: must be 10 to 3600000 (default 10000)", m.run_timeout_ms));
         }
         for (label, v) in &m.class_confidence {
             if !(0.0..=1.0).contains(v) {

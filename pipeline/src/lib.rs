@@ -26,6 +26,7 @@ pub mod scheduler;
 pub mod snapshots;
 pub mod threads;
 pub mod tracker;
+pub mod writer;
 pub mod zones;
 
 pub use appliance::{Appliance, Health, SnapshotError};

@@ -447,6 +447,10 @@ async fn run(
         match outcome {
             Outcome::Stop => {
                 if s.connected {
+                    // The last events (open tracks' ends, stored as the
+                    // cameras stopped) go out ahead of `offline`; `stop`
+                    // wins over the writer's nudge in the select above.
+                    fill(&client, &outbox, &cfg.topics.events, &status, &mut s).await;
                     goodbye(&client, &mut eventloop, &cfg, &outbox, &status, &mut s).await;
                 }
                 break;
