@@ -135,6 +135,23 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP: the broker keeps its connections open and answers nothing
+    /// (a hung or overloaded broker, a half-open link).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("broker running");
+        let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill {sig} failed");
+    }
 }
 
 impl Drop for Mosquitto {
