@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+// PEM parsing from rustls's own pki-types (rustls-pemfile is unmaintained).
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -242,7 +245,7 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
     match &files.ca_file {
         Some(ca) => {
             let pem = std::fs::read(ca).map_err(|e| format!("mqtt.tls_ca_file {}: {e}", ca.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert
                     .map_err(|e| format!("mqtt.tls_ca_file {}: not PEM certificates ({e})", ca.display()))?;
                 roots.add(cert).map_err(|e| format!("mqtt.tls_ca_file {}: {e}", ca.display()))?;
@@ -273,14 +276,17 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
         (Some(cert), Some(key)) => {
             let certs = std::fs::read(cert)
                 .map_err(|e| format!("mqtt.tls_client_cert_file {}: {e}", cert.display()))?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut certs.as_slice())
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(&certs)
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("mqtt.tls_client_cert_file {}: {e}", cert.display()))?;
             let key_pem =
                 std::fs::read(key).map_err(|e| format!("mqtt.tls_client_key_file {}: {e}", key.display()))?;
-            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .map_err(|e| format!("mqtt.tls_client_key_file {}: {e}", key.display()))?
-                .ok_or_else(|| format!("mqtt.tls_client_key_file {}: no private key in it", key.display()))?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    format!("mqtt.tls_client_key_file {}: no private key in it", key.display())
+                }
+                e => format!("mqtt.tls_client_key_file {}: {e}", key.display()),
+            })?;
             builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
         }
         _ => builder.with_no_client_auth(),
