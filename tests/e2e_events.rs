@@ -662,3 +662,43 @@ fn an_event_larger_than_the_brokers_limit_is_refused_and_counted_and_the_rest_fl
         "{metrics}"
     );
 }
+
+#[test]
+fn a_clean_stop_waits_for_the_acknowledgements_of_the_events_in_flight() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect_persistent(broker.port, "vigil/bye/events");
+    let config = chatty_ball("bye", &broker.url())
+        .replace(&head("bye", &broker.url()), &head_with("bye", &broker.url(), "ack_timeout_s = 60"));
+    let vigil = Vigil::start(&config);
+    let mut events = collect_events(&sub, "vigil/bye/events", Duration::from_secs(30), |v| v.len() >= 5);
+
+    // Paused, the broker acknowledges nothing: events pile up in flight.
+    broker.pause();
+    wait_until(Duration::from_secs(20), "events in flight", || {
+        let h = vigil.health();
+        let m = &h["mqtt"];
+        m["published"].as_u64().unwrap_or(0) >= m["acknowledged"].as_u64().unwrap_or(0) + 3
+    });
+    let written = vigil.health()["outbox"]["written"].as_u64().unwrap_or(0);
+    vigil.send_term();
+    wait_until(Duration::from_secs(10), "the link's goodbye to begin", || {
+        vigil.stderr().contains("waiting for the broker to acknowledge the events in flight")
+    });
+    // The broker answers again while the link says goodbye: the events in
+    // flight are acknowledged, and a clean stop takes those acks in before
+    // it disconnects.
+    broker.resume();
+    let (status, dir) = vigil.wait_keep_dir();
+    assert!(status.success(), "{status}");
+
+    // Whatever was acknowledged is not sent again after a restart.
+    let vigil = Vigil::start_in(dir, &config);
+    let until = written + 60;
+    events.extend(collect_events(&sub, "vigil/bye/events", Duration::from_secs(120), |v| {
+        v.iter().filter_map(|e| e["seq"].as_u64()).any(|s| s > until)
+    }));
+    let (max, duplicates) = assert_complete_and_ordered(&events, 1);
+    eprintln!("{max} events across the stop, {duplicates} sent twice");
+    assert_eq!(duplicates, 0, "events acknowledged during the stop were sent again after the restart");
+    drop(vigil);
+}

@@ -677,6 +677,9 @@ async fn goodbye(
     s: &mut Session,
 ) {
     let deadline = Instant::now() + ACK_GRACE;
+    if s.in_flight > 0 {
+        tracing::info!(in_flight = s.in_flight, "waiting for the broker to acknowledge the events in flight");
+    }
     while s.in_flight > 0 {
         match tokio::time::timeout_at(deadline.into(), polled.recv()).await {
             Ok(Some(Ok(ev))) => s.on_event(&ev),

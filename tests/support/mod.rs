@@ -374,6 +374,26 @@ impl Vigil {
         }
     }
 
+    /// SIGTERM, without waiting: see `wait_keep_dir`.
+    pub fn send_term(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    }
+
+    /// Waits (at most 15 s) for the exit after `send_term`; returns the
+    /// exit status and the directory for another run.
+    pub fn wait_keep_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "vigil did not exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
