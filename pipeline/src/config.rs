@@ -786,8 +786,9 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
     {
         p(format!("http.model_signing_key: {e}"));
     }
-    if !(config.http.mjpeg_fps > 0.0 && config.http.mjpeg_fps <= 30.0) {
-        p(format!("http.mjpeg_fps = {}: use a number above 0, at most 30", config.http.mjpeg_fps));
+    // The MJPEG period is 1 / mjpeg_fps: a tiny rate would be an endless period.
+    if !(config.http.mjpeg_fps >= 0.1 && config.http.mjpeg_fps <= 30.0) {
+        p(format!("http.mjpeg_fps = {}: use 0.1 to 30 frames per second", config.http.mjpeg_fps));
     }
     if !(1..=MAX_MB).contains(&config.http.max_upload_mb) {
         p(format!("http.max_upload_mb = {}: use 1 to {MAX_MB} megabytes", config.http.max_upload_mb));

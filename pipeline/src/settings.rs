@@ -163,7 +163,10 @@ pub mod fuzzing {
         -1.0,
         -0.0,
         0.0,
+        // Tiny but positive: 1 / it is infinite (found by fuzz/config).
+        5e-324,
         1e-9,
+        0.05,
         0.5,
         1.0,
         2.0,
