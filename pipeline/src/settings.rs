@@ -135,6 +135,7 @@ pub mod fuzzing {
         ("models", "lanes", Int),
         ("models", "batch", Int),
         ("models", "batch_wait_ms", Int),
+        ("models", "test_run_s", Float),
         ("models", "device_id", Int),
         ("cameras", "fps", Int),
         ("cameras", "width", Int),
