@@ -282,12 +282,13 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     drop(out);
 
     let h = &loaded.config.http;
+    let settings = vigil_pipeline::settings::RunSettings::new(&loaded, 1);
     let router = vigil_api::router(
         app.clone(),
         vigil_api::ApiSettings {
             token: token.map(Arc::from),
-            max_upload_bytes: h.max_upload_mb * 1024 * 1024,
-            request_timeout: Duration::from_secs(h.request_timeout_s),
+            max_upload_bytes: settings.max_upload_bytes,
+            request_timeout: settings.request_timeout,
             signing_key,
             mjpeg_fps: h.mjpeg_fps,
         },

@@ -31,14 +31,15 @@ use vigil_inference::{
 
 use crate::config::LoadedConfig;
 use crate::event::{DetectionsEvent, Event, ModelActivated, ModelRef};
-use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
+use crate::lifecycle::{CameraEvents, Emitted};
 use crate::metrics::{StageMetrics, escape};
 use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
-use crate::outbox::{Outbox, OutboxLimits};
+use crate::outbox::Outbox;
 use crate::rules::RuleState;
 use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter, Wait, Waker};
-use crate::snapshots::{Retention, SnapshotStore};
+use crate::settings::RunSettings;
+use crate::snapshots::SnapshotStore;
 use crate::threads::ThreadPlan;
 use crate::writer::EventLedger;
 use crate::{StartError, annotate, azure};
@@ -318,8 +319,9 @@ impl Appliance {
     /// is started; cameras connect in the background.
     pub fn start(loaded: &LoadedConfig) -> Result<Arc<Appliance>, StartError> {
         let cfg = &loaded.config;
+        let settings = RunSettings::new(loaded, ThreadPlan::available_cores());
         let rt = runtime::init()?;
-        let threads = ThreadPlan::new(cfg, ThreadPlan::available_cores());
+        let threads = settings.threads.clone();
         tracing::info!(
             cores = threads.cores,
             model_threads = ?threads.model_threads,
@@ -342,19 +344,7 @@ impl Appliance {
                 .collect();
             required.sort();
             required.dedup();
-            let policy = BatchPolicy {
-                // On the CPU, copies of the session running single frames
-                // side by side beat batches (four cameras, YOLOv8n, two
-                // cores: 40 fps unbatched, 37 fps in batches, 30 % more
-                // memory); a GPU wants batches.
-                max_batch: m.batch.unwrap_or(if m.provider == vigil_inference::Provider::Cpu {
-                    1
-                } else {
-                    cameras.len().clamp(1, 8)
-                }),
-                wait: Duration::from_millis(m.batch_wait_ms),
-                run_timeout: Duration::from_millis(m.run_timeout_ms),
-            };
+            let policy = settings.batch[&m.name];
             let mut options = m.options();
             options.intra_threads = threads.model_threads[&m.name];
             options.sessions = threads.model_sessions[&m.name];
@@ -396,18 +386,13 @@ impl Appliance {
         }
 
         let ev = &cfg.events;
-        let outbox = Arc::new(
-            Outbox::open(
-                &loaded.data_dir.join("outbox.redb"),
-                OutboxLimits { max_events: ev.outbox_max_events, max_bytes: ev.outbox_max_mb * 1024 * 1024 },
-            )
-            .map_err(|e| {
+        let outbox =
+            Arc::new(Outbox::open(&loaded.data_dir.join("outbox.redb"), settings.outbox).map_err(|e| {
                 StartError::Config(format!(
                     "{e} (is another vigil using data_dir {}?)",
                     loaded.data_dir.display()
                 ))
-            })?,
-        );
+            })?);
         if !outbox.is_empty() {
             tracing::info!(
                 waiting = outbox.len(),
@@ -415,11 +400,7 @@ impl Appliance {
             );
         }
         let snapshots = if ev.snapshots {
-            let retention = Retention {
-                max_files: ev.snapshot_max_files,
-                max_bytes: ev.snapshot_max_mb * 1024 * 1024,
-                max_age: Duration::from_secs_f64(ev.snapshot_max_age_h * 3600.0),
-            };
+            let retention = settings.retention;
             Some(SnapshotStore::start(&loaded.data_dir.join("snapshots"), retention).map_err(|e| {
                 StartError::Config(format!("snapshots in {}: {e}", loaded.data_dir.display()))
             })?)
@@ -440,7 +421,7 @@ impl Appliance {
                     hub: hub.clone(),
                     device: device.clone(),
                     key: key.clone(),
-                    token_ttl: Duration::from_secs(cfg.mqtt.azure_token_ttl_s.max(10)),
+                    token_ttl: settings.token_ttl,
                 }),
             ),
             None => (Topics::new(&cfg.mqtt.topic_prefix, &cfg.device_id, ev.publish_detections), None),
@@ -458,9 +439,11 @@ impl Appliance {
             LinkConfig {
                 target: loaded.mqtt.clone(),
                 client_id,
-                keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_s),
+                keep_alive: settings.keep_alive,
                 topics: topics.clone(),
                 azure,
+                max_event_bytes: settings.max_event_bytes,
+                ack_timeout: settings.ack_timeout,
             },
             outbox.clone(),
             wake.clone(),
@@ -491,13 +474,13 @@ impl Appliance {
         ));
 
         let stopping = CancellationToken::new();
-        let policy = UpdatePolicy { interval_s: ev.update_interval_s, min_move: ev.update_min_move };
+        let policy = settings.update;
         let publish_detections = topics.detections.is_some();
         let mut cameras = Vec::new();
-        for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
+        for ((c, source), options) in cfg.cameras.iter().zip(&loaded.sources).zip(&settings.cameras) {
             let model_slot = c.model.as_ref().map(|m| models[m].clone());
             let slot = FrameSlot::new();
-            let mut options = c.options();
+            let mut options = options.clone();
             options.decode_threads = threads.decode_threads;
             let (camera, failed, source) = match source {
                 Ok(source) => (
@@ -508,7 +491,7 @@ impl Appliance {
                 Err(e) => {
                     tracing::error!(camera = %c.name, error = %e, "camera not started: its source is invalid");
                     slot.close();
-                    (None, Some(e.clone()), vigil_camera::redact(&c.source))
+                    (None, Some(vigil_camera::redact(e)), vigil_camera::redact(&c.source))
                 }
             };
             let confidence =
@@ -967,6 +950,20 @@ impl Appliance {
             "Per-frame detection messages not sent (link down or busy).",
         );
         let _ = writeln!(o, "vigil_mqtt_detections_dropped_total {}", h.mqtt.detections_dropped);
+        help(
+            &mut o,
+            "vigil_mqtt_refused_total",
+            "counter",
+            "Events larger than mqtt.max_event_kb, removed from the outbox unsent.",
+        );
+        let _ = writeln!(o, "vigil_mqtt_refused_total {}", h.mqtt.refused);
+        help(
+            &mut o,
+            "vigil_mqtt_ack_timeouts_total",
+            "counter",
+            "Connections made again because the broker acknowledged nothing within mqtt.ack_timeout_s.",
+        );
+        let _ = writeln!(o, "vigil_mqtt_ack_timeouts_total {}", h.mqtt.ack_timeouts);
         help(
             &mut o,
             "vigil_model_info",

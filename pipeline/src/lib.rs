@@ -23,6 +23,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod rules;
 pub mod scheduler;
+pub mod settings;
 pub mod snapshots;
 pub mod threads;
 pub mod tracker;

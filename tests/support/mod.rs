@@ -135,6 +135,23 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP: the broker keeps its connections open and answers nothing
+    /// (a hung or overloaded broker, a half-open link).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("broker running");
+        let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill {sig} failed");
+    }
 }
 
 impl Drop for Mosquitto {
@@ -380,6 +397,26 @@ impl Vigil {
         };
         let took = t0.elapsed();
         (status, took, std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
+    }
+
+    /// SIGTERM, without waiting: see `wait_keep_dir`.
+    pub fn send_term(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    }
+
+    /// Waits (at most 15 s) for the exit after `send_term`; returns the
+    /// exit status and the directory for another run.
+    pub fn wait_keep_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "vigil did not exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
     }
 
     pub fn is_running(&mut self) -> bool {
