@@ -22,6 +22,8 @@
 #   5. cargo-fuzz, which fuzz/run.sh drives (libFuzzer on the output decoders,
 #      built with its own C++ sources by build-essential's g++); stable Rust
 #      runs it with RUSTC_BOOTSTRAP=1. About 2 minutes to build once.
+#   6. cargo-deny, which .ci/run uses to check the licences, bans and sources
+#      of every dependency (deny.toml). About 4 minutes to build once.
 #
 # Re-running it is fast: every step first checks whether its result is present.
 set -euo pipefail
@@ -48,6 +50,9 @@ APT_PACKAGES=(
     mosquitto mosquitto-clients
     python3 python3-venv python3-pip
     openssl chromium fonts-dejavu-core
+    # The container image and package tests (deploy/docker, deploy/deb); the
+    # Docker Engine itself is the machine's own.
+    debootstrap docker-compose
 )
 
 apt_install() {
@@ -128,6 +133,15 @@ fuzz_install() {
     cargo install --locked --version 0.13.2 cargo-fuzz
 }
 
+deny_install() {
+    if command -v cargo-deny >/dev/null; then
+        log "cargo-deny present"
+        return
+    fi
+    log "installing cargo-deny (licences, bans and sources of every dependency, in .ci/run)"
+    cargo install --locked --version 0.20.2 cargo-deny
+}
+
 ort_install() {
     local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
     if [ -f "$lib" ]; then
@@ -168,6 +182,10 @@ rust_install
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 rust_components
 fuzz_install
+deny_install
 venv_install
 ort_install
+if ! docker info >/dev/null 2>&1; then
+    log "warning: no Docker Engine answers; the container image and package tests need one"
+fi
 log "done"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes every decoder for a while each; exits non-zero at the first finding.
+# Fuzzes every target (the decoders, the config check, the MQTT command
+# parser) for a while each; exits non-zero at the first finding.
 #   fuzz/run.sh [SECONDS_PER_TARGET]   (default 20)
 # A finding is kept under fuzz/artifacts/<target>/ and can be replayed with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run -O <target> fuzz/artifacts/<target>/<file>

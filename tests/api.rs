@@ -743,3 +743,83 @@ fn bad_uploads_are_refused_with_a_clear_4xx_while_the_line_keeps_running() {
     assert_eq!(stored["activation"]["version"], 2);
     assert_eq!(v.health()["models"][0]["version"], 2);
 }
+
+/// Camera credentials in every form a source can carry them, and every
+/// place a source or its errors are shown: none may show a secret.
+#[test]
+fn camera_secrets_are_shown_nowhere() {
+    let _machine = machine_shared();
+    let broker = Mosquitto::start();
+    // An HTTP camera that refuses the credentials: souphttpsrc's error
+    // quotes the URL it was given, query string and all.
+    let refuser = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_port = refuser.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in refuser.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    // Port 9 (discard) refuses: every camera fails and reconnects, so its
+    // GStreamer errors reach health and the log too.
+    let cfg = format!(
+        r#"device_id = "secrets"
+[mqtt]
+url = "{}"
+[http]
+listen = "127.0.0.1:0"
+[[cameras]]
+name = "launch"
+source = "launch:rtspsrc location=rtsp://user:hunter2@127.0.0.1:9/x user-pw=hunter3 user-id=camuser-hunter8 ! decodebin ! videoconvert"
+[[cameras]]
+name = "query"
+source = "http://127.0.0.1:{http_port}/video.mjpg?password=hunter4&token=hunter5"
+[[cameras]]
+name = "rtsp"
+source = "rtsp://admin:hunter6@127.0.0.1:9/s?access_token=hunter7"
+"#,
+        broker.url()
+    );
+    let v = Vigil::start(&cfg);
+    wait_until(Duration::from_secs(30), "every camera to have failed at least once", || {
+        let h = v.health();
+        h["cameras"].as_array().is_some_and(|c| c.len() == 3 && c.iter().all(|c| c["last_error"].is_string()))
+    });
+    let secrets = ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6", "hunter7", "hunter8"];
+    let mut shown = Vec::new();
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/cameras",
+        "/api/v1/cameras/launch",
+        "/api/v1/cameras/query",
+        "/api/v1/cameras/rtsp",
+        "/api/v1/config",
+        "/api/v1/events",
+    ] {
+        let (code, _, body) = v.get(path);
+        assert!(code == 200 || code == 503, "{path}: {code}");
+        shown.push((path.to_owned(), String::from_utf8_lossy(&body).into_owned()));
+    }
+    shown.push(("stderr".into(), v.stderr()));
+    for (place, text) in &shown {
+        for s in secrets {
+            assert!(!text.contains(s), "{place} shows {s}:\n{text}");
+        }
+    }
+    // Not vacuous: the sources are there, redacted, and errors were logged.
+    let (_, _, body) = v.get("/api/v1/cameras");
+    let cams = String::from_utf8_lossy(&body);
+    assert!(cams.contains("rtsp://user:***@127.0.0.1:9/x user-pw=***"), "{cams}");
+    assert!(cams.contains("password=***&token=***"), "{cams}");
+    assert!(cams.contains("rtsp://admin:***@127.0.0.1:9/s?access_token=***"), "{cams}");
+    assert!(v.stderr().contains("reconnecting"), "{}", v.stderr());
+    let query = camera_health(&v, "query");
+    assert!(query["last_error"].as_str().unwrap_or("").contains("Unauthorized"), "{query}");
+}

@@ -146,3 +146,34 @@ fn a_provider_fallback_allowed_in_config_is_reported_in_health() {
     assert!(p["fallback_reason"].as_str().unwrap_or("").contains("could not be registered"), "{p}");
     assert!(vigil.stderr().contains("RUNNING ON CPU INSTEAD"), "logged loudly");
 }
+
+/// `--json` for a classifier: the classes, best first, each exactly
+/// `{"label", "class_id", "score"}` with the model's score as it came (the
+/// class type the MQTT `detections` message shares, which rounds it there).
+#[test]
+fn a_classifier_prints_its_classes_as_label_class_id_and_raw_score() {
+    let photo = repo_root().join("tests/data/photos/chelsea.png");
+    let model = repo_root().join("models/fixtures/classify.onnx");
+    let (code, out, err) = vigil_cmd(
+        &["infer", "--json", "--model", model.to_str().expect("utf8"), photo.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| !l.trim().is_empty()).expect("a line");
+    let v: Value = serde_json::from_str(line).expect("JSON");
+    let classes = v["classes"].as_array().expect("classes");
+    assert!(!classes.is_empty(), "{line}");
+    for c in classes {
+        let raw = format!(
+            "{{\"label\":{},\"class_id\":{},\"score\":{}}}",
+            c["label"],
+            c["class_id"],
+            serde_json::to_string(&(c["score"].as_f64().expect("score") as f32)).expect("f32")
+        );
+        assert!(line.contains(&raw), "{raw} not in {line}");
+    }
+    let scores: Vec<f64> = classes.iter().map(|c| c["score"].as_f64().expect("score")).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    // Not rounded to 4 places as in the MQTT message.
+    assert!(scores.iter().any(|s| (s * 1e4).fract().abs() > 1e-3), "raw scores: {scores:?}");
+}

@@ -24,15 +24,14 @@ struct Compose {
 
 impl Compose {
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new("docker-compose")
+        Command::new("docker-compose")
             .current_dir(repo_root())
             .args(["-p", &self.project, "-f", "deploy/compose.yaml"])
             .args(args)
             .env("VIGIL_MQTT_PORT", self.mqtt_port.to_string())
             .env("VIGIL_HTTP_PORT", self.http_port.to_string())
             .output()
-            .expect("docker-compose runs (install Debian's docker-compose)");
-        out
+            .expect("docker-compose runs (install Debian's docker-compose)")
     }
 
     fn ok(&self, args: &[&str]) -> String {

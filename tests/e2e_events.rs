@@ -173,6 +173,25 @@ zone = "station"
     );
 }
 
+/// Waits for an instant when every event produced is accounted for
+/// (`outbox.emitted` = `written`, none held in memory, none lost) and
+/// returns that count. Events keep coming, so it polls: the few on their
+/// way to the writer make the two differ only for a moment.
+fn every_event_accounted_for(vigil: &Vigil) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = vigil.health();
+        let o = &h["outbox"];
+        assert_eq!(o["lost"], 0, "events lost before they were stored: {o}");
+        let emitted = o["emitted"].as_u64().expect("outbox.emitted");
+        if o["pending"] == 0 && o["written"].as_u64() == Some(emitted) {
+            return emitted;
+        }
+        assert!(std::time::Instant::now() < deadline, "events produced but never stored: {o}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn dupes(events: &[Value]) -> usize {
     let ids: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     events.len() - ids.len()
@@ -225,8 +244,12 @@ fn a_30_s_broker_outage_loses_nothing_and_keeps_the_order() {
     assert!(h["outbox"]["waiting"].as_u64().unwrap_or(0) >= 200, "and waited on disk: {h}");
 
     broker.restart();
+    // Every event produced got a sequence number: a loss before the outbox
+    // (which no seq gap can show) leaves `emitted` above `written` for good.
+    let accounted = every_event_accounted_for(&vigil);
     let events = collect_all(&vigil, &sub, "vigil/outage/events", Duration::from_secs(120), before);
     let (max, duplicates) = assert_complete_and_ordered(&events, 1);
+    assert!(max >= accounted, "all {accounted} events produced were delivered (up to seq {max})");
     eprintln!("{max} events, {during} of them during the outage, {duplicates} duplicates after reconnecting");
     assert_eq!(vigil.health()["outbox"]["dropped"], 0);
 }
@@ -504,4 +527,201 @@ fn broken_zones_and_rules_are_refused_naming_the_problem() {
             assert!(err.contains(e), "case {i}: {e:?} not in {err}");
         }
     }
+}
+
+/// The head of a config with `[mqtt]` extras (and keep-alive pings rare
+/// enough that they cannot be what notices a dead broker).
+fn head_with(device: &str, mqtt_url: &str, mqtt_extra: &str) -> String {
+    format!(
+        "device_id = \"{device}\"\n[mqtt]\nurl = \"{mqtt_url}\"\nkeep_alive_s = 120\n{mqtt_extra}\n[http]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+#[test]
+fn a_broker_that_stops_acknowledging_is_left_within_the_ack_deadline_and_nothing_is_lost() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect_persistent(broker.port, "vigil/paused/events");
+    let config = chatty_ball("paused", &broker.url())
+        .replace(&head("paused", &broker.url()), &head_with("paused", &broker.url(), "ack_timeout_s = 2"));
+    assert!(config.contains("ack_timeout_s = 2"));
+    let vigil = Vigil::start(&config);
+    let before = collect_events(&sub, "vigil/paused/events", Duration::from_secs(30), |v| v.len() >= 10);
+    assert_eq!(vigil.health()["mqtt"]["state"], "connected");
+
+    // SIGSTOP: the TCP connection stays open, nothing is acknowledged.
+    broker.pause();
+    let paused = std::time::Instant::now();
+    // 2 s of deadline, plus the 20 ms loop and a loaded machine's slack;
+    // keep-alive (120 s) cannot be what notices it.
+    wait_until(Duration::from_secs(8), "the link to give up on the paused broker", || {
+        vigil.health()["mqtt"]["state"] != "connected"
+    });
+    let noticed = paused.elapsed();
+    let h = vigil.health();
+    assert!(h["mqtt"]["ack_timeouts"].as_u64().unwrap_or(0) >= 1, "{h}");
+    assert!(h["mqtt"]["last_error"].as_str().unwrap_or("").contains("ack_timeout_s"), "{h}");
+    // While paused, events keep being written to the outbox.
+    let written = h["outbox"]["written"].as_u64().unwrap_or(0);
+    wait_until(Duration::from_secs(20), "events written while the broker is paused", || {
+        vigil.health()["outbox"]["written"].as_u64().unwrap_or(0) >= written + 20
+    });
+    let (_, metrics) = {
+        let (code, _, body) = vigil.get("/metrics");
+        (code, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert!(metrics.contains("vigil_mqtt_ack_timeouts_total "), "{metrics}");
+
+    broker.resume();
+    let events = collect_all(&vigil, &sub, "vigil/paused/events", Duration::from_secs(120), before);
+    let (max, duplicates) = assert_complete_and_ordered(&events, 1);
+    eprintln!("paused broker noticed after {noticed:?}; {max} events, {duplicates} duplicates, none lost");
+    assert_eq!(vigil.health()["outbox"]["dropped"], 0);
+}
+
+#[test]
+fn a_retained_command_is_never_run() {
+    let broker = Mosquitto::start();
+    // An old command, retained, on the broker before Vigil ever connects.
+    let (client, mut conn) =
+        rumqttc::Client::new(rumqttc::MqttOptions::new("old-operator", "127.0.0.1", broker.port), 10);
+    client
+        .publish(
+            "vigil/retained/commands",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            r#"{"command": "inspect", "camera": "cam1", "part": "OLD-1"}"#,
+        )
+        .expect("publish");
+    for ev in conn.iter() {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = ev {
+            break;
+        }
+    }
+    drop(client);
+    drop(conn);
+
+    let sub = Subscriber::connect(broker.port, "vigil/retained/events");
+    let config = format!(
+        "{}{}[[cameras]]\nname = \"cam1\"\nsource = \"test://ball?width=320&height=240&fps=10\"\nfps = 10\nmodel = \"ball\"\n\
+         [[rules]]\nname = \"on-demand\"\ntype = \"inspection\"\ncamera = \"cam1\"\nlabels = [\"ball\"]\ntrigger = \"command\"\n",
+        head("retained", &broker.url()),
+        model_line()
+    );
+    let vigil = Vigil::start(&config);
+    // Connected (so subscribed, and the retained message delivered), then
+    // frames processed after that: a command received would have run.
+    wait_until(Duration::from_secs(30), "the link connected", || {
+        vigil.health()["mqtt"]["state"] == "connected"
+    });
+    let processed = |v: &Vigil| v.health()["cameras"][0]["frames_processed"].as_u64().unwrap_or(0);
+    let at = processed(&vigil);
+    wait_until(Duration::from_secs(30), "frames processed after connecting", || processed(&vigil) >= at + 5);
+
+    // A live command still runs, and is the only verdict.
+    let (client, mut conn) =
+        rumqttc::Client::new(rumqttc::MqttOptions::new("new-operator", "127.0.0.1", broker.port), 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    client
+        .publish(
+            "vigil/retained/commands",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"command": "inspect", "camera": "cam1", "part": "NEW-2"}"#,
+        )
+        .expect("publish command");
+    let got = collect_events(&sub, "vigil/retained/events", Duration::from_secs(30), |v| {
+        v.iter().any(|e| e["rule"] == "on-demand" && e["part"] == "NEW-2")
+    });
+    let old: Vec<&Value> = got.iter().filter(|e| e["part"] == "OLD-1").collect();
+    assert!(old.is_empty(), "the retained command ran: {old:?}");
+    assert!(vigil.stderr().contains("retained command"), "the refusal is logged");
+}
+
+#[test]
+fn an_event_larger_than_the_brokers_limit_is_refused_and_counted_and_the_rest_flow() {
+    // The broker disconnects a client that sends a packet over 1100 bytes;
+    // Vigil publishes events of at most 1 KiB (`max_event_kb = 1`).
+    // Ten full-frame zones with long names make the object updates (which
+    // list the zones an object is in) larger than that; the verdicts of an
+    // inspection every 0.5 s stay under it.
+    let broker = Mosquitto::start_with(free_port(), "max_packet_size 1100\n");
+    let sub = Subscriber::connect(broker.port, "vigil/big/events");
+    let zones: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "{{ name = \"zone-{i}-{}\", polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]] }}",
+                "x".repeat(50)
+            )
+        })
+        .collect();
+    let config = format!(
+        "{}{}[[cameras]]\nname = \"cam1\"\nsource = \"test://ball?width=320&height=240&fps=10\"\nfps = 10\nmodel = \"ball\"\nzones = [{}]\n\
+         [[rules]]\nname = \"tick\"\ntype = \"inspection\"\ncamera = \"cam1\"\nlabels = [\"ball\"]\ntrigger = \"interval\"\ninterval_s = 0.5\n",
+        head_with("big", &broker.url(), "max_event_kb = 1"),
+        model_line(),
+        zones.join(", ")
+    );
+    let vigil = Vigil::start(&config);
+    // Until an event arrives from behind a refused one: a received
+    // sequence number above one that never came.
+    let got = collect_events(&sub, "vigil/big/events", Duration::from_secs(60), |v| {
+        let seqs: BTreeSet<u64> = v.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        let max = seqs.iter().max().copied().unwrap_or(0);
+        (1..max).any(|s| !seqs.contains(&s))
+    });
+    let h = vigil.health();
+    let refused = h["mqtt"]["refused"].as_u64().unwrap_or(0);
+    let seqs: BTreeSet<u64> = got.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let max = *seqs.iter().max().expect("some");
+    let gaps = (1..=max).filter(|s| !seqs.contains(s)).count() as u64;
+    assert!(gaps >= 1 && gaps <= refused, "gaps {gaps}, refused {refused}: {h}");
+    assert!(vigil.stderr().contains("event too large to publish"), "the refusal is logged");
+    assert_eq!(h["mqtt"]["connects"], 1, "the broker never had to close the connection: {h}");
+    let (_, _, body) = vigil.get("/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains(&format!("vigil_mqtt_refused_total {refused}"))
+            || metrics.contains("vigil_mqtt_refused_total "),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_clean_stop_waits_for_the_acknowledgements_of_the_events_in_flight() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect_persistent(broker.port, "vigil/bye/events");
+    let config = chatty_ball("bye", &broker.url())
+        .replace(&head("bye", &broker.url()), &head_with("bye", &broker.url(), "ack_timeout_s = 60"));
+    let vigil = Vigil::start(&config);
+    let mut events = collect_events(&sub, "vigil/bye/events", Duration::from_secs(30), |v| v.len() >= 5);
+
+    // Paused, the broker acknowledges nothing: events pile up in flight.
+    broker.pause();
+    wait_until(Duration::from_secs(20), "events in flight", || {
+        let h = vigil.health();
+        let m = &h["mqtt"];
+        m["published"].as_u64().unwrap_or(0) >= m["acknowledged"].as_u64().unwrap_or(0) + 3
+    });
+    let written = vigil.health()["outbox"]["written"].as_u64().unwrap_or(0);
+    vigil.send_term();
+    wait_until(Duration::from_secs(10), "the link's goodbye to begin", || {
+        vigil.stderr().contains("waiting for the broker to acknowledge the events in flight")
+    });
+    // The broker answers again while the link says goodbye: the events in
+    // flight are acknowledged, and a clean stop takes those acks in before
+    // it disconnects.
+    broker.resume();
+    let (status, dir) = vigil.wait_keep_dir();
+    assert!(status.success(), "{status}");
+
+    // Whatever was acknowledged is not sent again after a restart.
+    let vigil = Vigil::start_in(dir, &config);
+    let until = written + 60;
+    events.extend(collect_events(&sub, "vigil/bye/events", Duration::from_secs(120), |v| {
+        v.iter().filter_map(|e| e["seq"].as_u64()).any(|s| s > until)
+    }));
+    let (max, duplicates) = assert_complete_and_ordered(&events, 1);
+    eprintln!("{max} events across the stop, {duplicates} sent twice");
+    assert_eq!(duplicates, 0, "events acknowledged during the stop were sent again after the restart");
+    drop(vigil);
 }

@@ -89,11 +89,17 @@ pub fn router(app: Arc<Appliance>, settings: ApiSettings) -> Router {
         .route("/api/v1/snapshots/{name}", get(event_snapshot))
         .route("/api/v1/models", get(models))
         .route("/api/v1/models/{slot}", get(model))
-        .route("/api/v1/models/{slot}/versions/{version}/activate", post(activate))
-        .route("/api/v1/models/{slot}/rollback", post(rollback))
         .route("/api/v1/models/{slot}/versions/{version}", axum::routing::delete(delete_version))
         .route("/api/v1/config", get(config))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(DefaultBodyLimit::max(64 * 1024));
+    // Activations load and self-test a model (up to the model's test_run_s):
+    // a timeout here would answer 408 while the work went on, and the
+    // client's retry would meet a 409. They run to the end as a task of their
+    // own and answer when done; one at a time per slot.
+    let activations = Router::new()
+        .route("/api/v1/models/{slot}/versions/{version}/activate", post(activate))
+        .route("/api/v1/models/{slot}/rollback", post(rollback))
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Uploads and live streams are long by nature: no request timeout; uploads
     // enforce their own size limit while streaming to disk.
@@ -102,7 +108,10 @@ pub fn router(app: Arc<Appliance>, settings: ApiSettings) -> Router {
         .route("/api/v1/cameras/{name}/stream.mjpg", get(mjpeg))
         .route("/api/v1/events/stream", get(event_stream))
         .layer(DefaultBodyLimit::disable());
-    let protected = protected.merge(long).layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = protected
+        .merge(activations)
+        .merge(long)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     public.merge(protected).fallback(not_found).layer(middleware::from_fn(json_rejections)).with_state(state)
 }
 
@@ -256,12 +265,18 @@ async fn healthz(State(s): State<ApiState>) -> Json<vigil_pipeline::Health> {
     (status = 503, description = "Not ready, with what is missing", body = Object)
 ))]
 async fn readyz(State(s): State<ApiState>) -> Response {
+    // Ready or not, it says whether the box is degraded and why: a load
+    // balancer reads the code, a person the reasons.
+    let h = s.app.health();
     match s.app.readiness() {
-        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
-        Err(why) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "waiting": why })))
-                .into_response()
+        Ok(()) => {
+            Json(serde_json::json!({ "ready": true, "status": h.status, "reasons": h.reasons })).into_response()
         }
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "waiting": why, "status": h.status, "reasons": h.reasons })),
+        )
+            .into_response(),
     }
 }
 
@@ -340,6 +355,7 @@ async fn mjpeg(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Re
     let app = s.app.clone();
     // Each part is made only when the client has taken the previous one: a
     // slow client gets fewer frames and holds nothing of the pipeline's.
+    let stopping = s.app.stopping();
     let stream =
         futures_util::stream::unfold((app, name, None::<u64>), move |(app, name, last_seq)| async move {
             loop {
@@ -369,7 +385,10 @@ async fn mjpeg(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Re
                 }
                 tokio::time::sleep(period).await;
             }
-        });
+        })
+        // Ends at shutdown: axum's graceful drain waits for every open body,
+        // and this one never ends by itself.
+        .take_until(stopping.cancelled_owned());
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "multipart/x-mixed-replace; boundary=vigilframe")
         .header(header::CACHE_CONTROL, "no-store")
@@ -423,7 +442,8 @@ async fn event_stream(
         // A lagging reader skips what it missed; the list endpoint has them.
         r.ok().map(|v| Ok(Event::default().event(v["type"].as_str().unwrap_or("event")).data(v.to_string())))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    // Ends at shutdown, like the live view (the keep-alive would hold it open).
+    Sse::new(stream.take_until(s.app.stopping().cancelled_owned())).keep_alive(KeepAlive::default())
 }
 
 /// A snapshot stored with an event (its `snapshot` field points here).
@@ -451,6 +471,8 @@ fn slot_json(slot: &vigil_pipeline::models::ModelSlot) -> serde_json::Value {
         "cameras": slot.cameras,
         "required_labels": slot.required_labels,
         "provider": info.provider,
+        "activating": slot.activating(),
+        "warnings": slot.warnings(),
         "versions": slot.versions().into_iter().map(|v| {
             let status = if v.version == slot.active_version() { "active" } else { "ready" };
             serde_json::json!({
@@ -546,7 +568,7 @@ async fn upload(
         .await?;
     let mut out = serde_json::json!({ "version": rec });
     if q.activate.unwrap_or(false) {
-        let a = s.app.activate(&slot, rec.version).await?;
+        let a = activate_to_the_end(&s, slot, rec.version).await?;
         out["activation"] = serde_json::to_value(a).unwrap_or_default();
     }
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -561,7 +583,7 @@ async fn upload(
         (status = 200, description = "Activated: timings of the preparation and of the switch", body = Object),
         (status = 400, description = "Bad path or query parameter", body = ErrorBody),
         (status = 404, description = "No such slot or version", body = ErrorBody),
-        (status = 409, description = "Already active", body = ErrorBody),
+        (status = 409, description = "Already active, or another activation of this slot is under way", body = ErrorBody),
         (status = 422, description = "Failed its checks, with the reason", body = ErrorBody),
         (status = 401, description = "No or wrong token", body = ErrorBody)
     ))]
@@ -569,22 +591,40 @@ async fn activate(
     State(s): State<ApiState>,
     Path((slot, version)): Path<(String, u32)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let a = s.app.activate(&slot, version).await?;
+    let a = activate_to_the_end(&s, slot, version).await?;
     Ok(Json(serde_json::to_value(a).unwrap_or_default()))
+}
+
+/// Runs an activation as a task of its own: a client that goes away does not
+/// cut it short (its result still lands, and the slot stays marked as
+/// activating until it does, so a retry gets 409 rather than a second copy).
+async fn activate_to_the_end(
+    s: &ApiState,
+    slot: String,
+    version: u32,
+) -> Result<vigil_pipeline::models::Activation, ApiError> {
+    let app = s.app.clone();
+    let a = tokio::spawn(async move { app.activate(&slot, version).await })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the activation failed: {e}")))??;
+    Ok(a)
 }
 
 /// Go back to the previous version (instant when it ran in this session).
 #[utoipa::path(post, path = "/api/v1/models/{slot}/rollback", params(("slot" = String, Path, description = "Model slot")), responses(
     (status = 200, description = "Rolled back", body = Object),
     (status = 404, description = "No such slot", body = ErrorBody),
-    (status = 409, description = "Nothing to roll back to", body = ErrorBody),
+    (status = 409, description = "Nothing to roll back to, or an activation of this slot is under way", body = ErrorBody),
     (status = 401, description = "No or wrong token", body = ErrorBody)
 ))]
 async fn rollback(
     State(s): State<ApiState>,
     Path(slot): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let a = s.app.rollback(&slot).await?;
+    let app = s.app.clone();
+    let a = tokio::spawn(async move { app.rollback(&slot).await })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the rollback failed: {e}")))??;
     Ok(Json(serde_json::to_value(a).unwrap_or_default()))
 }
 

@@ -227,6 +227,8 @@ async fn outbox_and_delivery(args: &BenchEventsArgs) -> anyhow::Result<()> {
             keep_alive: Duration::from_secs(15),
             topics: Topics::new("vigil-bench", "bench", false),
             azure: None,
+            max_event_bytes: 256 * 1024,
+            ack_timeout: Duration::from_secs(10),
         },
         outbox.clone(),
         wake.clone(),

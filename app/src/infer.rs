@@ -11,6 +11,7 @@ use serde::Serialize;
 use vigil_camera::{FrameReader, Source};
 use vigil_inference::{Detector, ImageView, ModelOptions, Prediction, Provider, Scratch};
 use vigil_pipeline::annotate;
+use vigil_pipeline::event::Class;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct InferArgs {
@@ -58,13 +59,6 @@ struct DetJson<'a> {
 }
 
 #[derive(Serialize)]
-struct ClassJson<'a> {
-    label: &'a str,
-    class_id: u32,
-    score: f32,
-}
-
-#[derive(Serialize)]
 struct ImageJson<'a> {
     image: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,7 +68,7 @@ struct ImageJson<'a> {
     decoder: &'static str,
     detections: Vec<DetJson<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    classes: Vec<ClassJson<'a>>,
+    classes: Vec<Class<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     verdict: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,7 +240,7 @@ fn to_json(
         classes: pred
             .classes
             .iter()
-            .map(|c| ClassJson { label: &c.label, class_id: c.class_id, score: c.score })
+            .map(|c| Class { label: &c.label, class_id: c.class_id, score: c.score })
             .collect(),
         verdict: pred.anomaly.map(|a| if a.is_anomalous { "NG" } else { "OK" }),
         anomaly_score: pred.anomaly.map(|a| a.score),

@@ -10,6 +10,7 @@
 //! Logs go to stderr (`RUST_LOG=debug` for more); the few lines a person needs
 //! (where the web page is, how to watch events) go to stdout.
 
+use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -223,7 +224,12 @@ fn run(file: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    match runtime.block_on(serve(loaded)) {
+    let result = runtime.block_on(serve(loaded));
+    // Blocking tasks still running (a camera that would not stop, a JPEG
+    // being encoded for a client that left) must not hold up the exit:
+    // everything that matters was flushed within the deadline, or given up.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil: {e:#}");
@@ -231,6 +237,14 @@ fn run(file: &Path) -> ExitCode {
         }
     }
 }
+
+/// From SIGTERM to exit, whatever clients are connected: systemd's and
+/// Docker's default stop timeouts (90 s, 10 s) are both above it, so a stop
+/// never ends in SIGKILL.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// Of the deadline, what the tokio runtime gets at the very end to let its
+/// last blocking tasks go; the appliance and the HTTP drain get the rest.
+const RUNTIME_GRACE: Duration = Duration::from_millis(500);
 
 async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     vigil_camera::init()?;
@@ -283,36 +297,57 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     drop(out);
 
     let h = &loaded.config.http;
+    let settings = vigil_pipeline::settings::RunSettings::new(&loaded, 1);
     let router = vigil_api::router(
         app.clone(),
         vigil_api::ApiSettings {
             token: token.map(Arc::from),
-            max_upload_bytes: h.max_upload_mb * 1024 * 1024,
-            request_timeout: Duration::from_secs(h.request_timeout_s),
+            max_upload_bytes: settings.max_upload_bytes,
+            request_timeout: settings.request_timeout,
             signing_key,
             mjpeg_fps: h.mjpeg_fps,
         },
     );
+    // Shutdown: the signal cancels the appliance's `stopping` token, which
+    // ends every live stream and starts axum's drain; the appliance stops
+    // (cameras, workers, open tracks' ends, the outbox flush, `offline`) at
+    // the same time. Both are bounded: a client that holds a request open
+    // does not hold the process.
     // Under systemd (Type=notify): ready now, pings while making progress.
     let notifier = systemd::Notifier::from_env().map(Arc::new);
     let watchdog = notifier.as_ref().map(|n| {
         n.send(&format!("READY=1\nSTATUS=running as device {}", app.device()));
         tokio::spawn(watchdog(n.clone(), app.clone()))
     });
-    let stopping = notifier.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            if let Some(n) = stopping {
-                n.send("STOPPING=1");
-            }
-        })
-        .await?;
+    let stopping = app.stopping();
+    let server = axum::serve(listener, router).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        r = &mut server => {
+            // The server failed on its own: stop the rest cleanly anyway.
+            app.shutdown(SHUTDOWN_DEADLINE - RUNTIME_GRACE).await;
+            r??;
+            return Ok(());
+        }
+        () = shutdown_signal() => app.begin_shutdown(),
+    }
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
     if let Some(w) = watchdog {
         w.abort();
     }
-    tracing::info!("shutting down");
-    app.shutdown(Duration::from_secs(5)).await;
+    let t0 = std::time::Instant::now();
+    tracing::info!(deadline_s = SHUTDOWN_DEADLINE.as_secs_f64(), "shutting down");
+    let budget = SHUTDOWN_DEADLINE - RUNTIME_GRACE;
+    let http = async {
+        if tokio::time::timeout(budget, &mut server).await.is_err() {
+            tracing::warn!("HTTP clients still connected at the shutdown deadline; closing them");
+            server.abort();
+        }
+    };
+    tokio::join!(http, app.shutdown(budget));
+    tracing::info!(took_ms = t0.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
 

@@ -52,10 +52,10 @@ impl Notifier {
 /// How often to ping, when systemd asks for a watchdog: half its timeout,
 /// as sd_watchdog_enabled(3) advises.
 pub(crate) fn watchdog_interval() -> Option<Duration> {
-    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
-        if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
-            return None;
-        }
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID")
+        && pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id())
+    {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|&u| u > 0)?;
     Some(Duration::from_micros(usec / 2))

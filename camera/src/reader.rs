@@ -61,7 +61,8 @@ impl FrameReader {
                 && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
                 && let gst::MessageView::Error(err) = msg.view()
             {
-                return Err(CameraError::Pipeline(format!("{}: {}", self.source, err.error())));
+                let text = format!("{}: {}", self.source, err.error());
+                return Err(CameraError::Pipeline(self.source.scrub(&text)));
             }
             if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 return self.frame_from(&sample).map(Some);

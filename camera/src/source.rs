@@ -160,31 +160,45 @@ impl Source {
         matches!(self, Source::File { .. })
     }
 
-    /// `text` without the source's passwords: pipeline errors can echo a
-    /// URI, and they go to logs and health. (`redact` rewrites a whole source
-    /// string; its fallback for text that is not a URL, everything between
-    /// the first `://` and the last `@`, is too blunt for a message.)
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for pw in self.passwords() {
-            text = text.replace(&pw, "***");
+    /// `text` without the source's secrets: pipeline errors can echo a
+    /// URI or a property, and they go to logs and health. Secrets in their
+    /// usual places are found by `redact`; the source's own secret values
+    /// (also percent-decoded) are then hidden wherever else they appear.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = redact(text);
+        for secret in self.passwords() {
+            text = text.replace(&secret, "***");
         }
         text
     }
 
-    /// The passwords in the source's URLs, a launch line's included.
+    /// The secret values in the source (URL passwords, secret query
+    /// parameters and properties), longest first, each also decoded where
+    /// it was percent-encoded. Values under 3 characters are left out:
+    /// replacing every `a` in an error message would hide the message, and
+    /// such a value is still hidden where `redact` finds it.
     fn passwords(&self) -> Vec<String> {
-        let urls: Vec<Url> = match self {
-            Source::Rtsp { url } | Source::Http { url } => vec![url.clone()],
-            // A launch line may hold `location=rtsp://user:pass@…` anywhere.
-            Source::Launch { pipeline } => pipeline
-                .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '='))
-                .filter(|t| t.contains("://"))
-                .filter_map(|t| Url::parse(t).ok())
-                .collect(),
-            _ => Vec::new(),
+        let raw = match self {
+            Source::Rtsp { url } | Source::Http { url } => url.as_str(),
+            Source::Launch { pipeline } => pipeline.as_str(),
+            _ => return Vec::new(),
         };
-        urls.iter().filter_map(Url::password).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+        let mut found: Vec<String> = Vec::new();
+        for r in secret_spans(raw) {
+            let v = &raw[r];
+            let decoded = url::form_urlencoded::parse(format!("x={v}").as_bytes())
+                .next()
+                .map(|(_, d)| d.into_owned())
+                .unwrap_or_default();
+            let plain = percent_decode(v);
+            for s in [v.to_owned(), decoded, plain] {
+                if s.len() >= 3 && !found.contains(&s) {
+                    found.push(s);
+                }
+            }
+        }
+        found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        found
     }
 
     /// Whether it could ever work: a missing file or device is reported
@@ -308,31 +322,144 @@ fn parse_test(s: &str) -> Result<Source, CameraError> {
 }
 
 fn redact_url(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    u.to_string()
+    redact(url.as_str())
 }
 
-/// A source string with any password replaced by `***`, for logs and health
-/// (also for strings that do not parse).
-pub fn redact(s: &str) -> String {
-    match Url::parse(s) {
-        Ok(u) if u.password().is_some() => redact_url(&u),
-        // A launch line may hold `location=rtsp://user:pass@…` anywhere.
-        Ok(u) if u.scheme() == "launch" => redact_str(s),
-        Ok(_) => s.to_owned(),
-        Err(_) => redact_str(s),
+/// Query parameters whose values are secrets (compared without case).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "access_token",
+    "key",
+    "secret",
+    "auth",
+    "apikey",
+    "api_key",
+    "signature",
+    "sig",
+    "passphrase",
+];
+
+/// gst-launch properties whose values are secrets: rtspsrc and souphttpsrc
+/// (`user-id`, `user-pw`, `proxy-id`, `proxy-pw`), srtsrc (`passphrase`).
+/// GStreamer accepts `_` for `-` in property names.
+const SECRET_PROPERTIES: &[&str] = &["user-id", "user-pw", "proxy-id", "proxy-pw", "passphrase"];
+
+/// Where the secrets are in `s`, as byte ranges of their values: the
+/// password of every `scheme://user:password@` (any number of URLs, in a
+/// launch line or an error message), the value of every secret query
+/// parameter, and the value of every secret gst property.
+fn secret_spans(s: &str) -> Vec<std::ops::Range<usize>> {
+    let b = s.as_bytes();
+    let ends_value = |c: u8| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'&' | b'#');
+    let value_end = |from: usize| b[from..].iter().position(|&c| ends_value(c)).map_or(b.len(), |n| from + n);
+    let mut spans = Vec::new();
+    // `://user:password@host`: the authority ends at the first `/`, `?`,
+    // `#`, quote or space; its last `@` ends the user info.
+    let mut at = 0;
+    while let Some(n) = s[at..].find("://") {
+        let start = at + n + 3;
+        let end = b[start..]
+            .iter()
+            .position(|&c| c.is_ascii_whitespace() || matches!(c, b'/' | b'?' | b'#' | b'"' | b'\''))
+            .map_or(b.len(), |n| start + n);
+        if let Some(amp) = s[start..end].rfind('@')
+            && let Some(colon) = s[start..start + amp].find(':')
+            && colon + 1 < amp
+        {
+            spans.push(start + colon + 1..start + amp);
+        }
+        at = start;
     }
+    // `?password=...`, `&token=...`; and ` user-pw=...` (quoted or not).
+    for (i, &c) in b.iter().enumerate() {
+        let after = i + 1;
+        let query = matches!(c, b'?' | b'&' | b';');
+        let property = c.is_ascii_whitespace() || c == b'"' || c == b'\'';
+        if !(query || property) {
+            continue;
+        }
+        let Some(eq) =
+            b[after..].iter().position(|&c| !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')))
+        else {
+            continue;
+        };
+        let eq = after + eq;
+        if eq == after || b[eq] != b'=' {
+            continue;
+        }
+        let name = s[after..eq].to_ascii_lowercase();
+        let secret = (query && SECRET_PARAMS.contains(&name.as_str()))
+            || (property && SECRET_PROPERTIES.contains(&name.replace('_', "-").as_str()));
+        if !secret {
+            continue;
+        }
+        let v = eq + 1;
+        let span = match b.get(v) {
+            Some(&q @ (b'"' | b'\'')) if property => {
+                let close = b[v + 1..].iter().position(|&c| c == q).map_or(b.len(), |n| v + 1 + n);
+                v + 1..close
+            }
+            _ => v..value_end(v),
+        };
+        if !span.is_empty() {
+            spans.push(span);
+        }
+    }
+    spans.sort_by_key(|r| r.start);
+    spans
+}
+
+/// A source string (or any text that may quote one: a launch line, a
+/// GStreamer error) with every secret in it replaced by `***`: URL
+/// passwords, secret query parameters (`password`, `token`, `key`, ...) and
+/// secret gst properties (`user-pw`, `user-id`, `proxy-pw`, `passphrase`).
+/// User names in URLs stay: they say which account, not how to use it.
+pub fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut done = 0;
+    for r in secret_spans(s) {
+        if r.start < done {
+            // Overlaps one already hidden (a `?token=` inside a user info).
+            if r.end > done {
+                done = r.end;
+            }
+            continue;
+        }
+        out.push_str(&s[done..r.start]);
+        out.push_str("***");
+        done = r.end;
+    }
+    out.push_str(&s[done..]);
+    out
 }
 
 fn redact_str(s: &str) -> String {
-    // Unparseable, so redact by hand: anything between "://" and "@".
-    match (s.find("://"), s.rfind('@')) {
-        (Some(a), Some(b)) if b > a => format!("{}***{}", &s[..a + 3], &s[b..]),
-        _ => s.to_owned(),
+    redact(s)
+}
+
+/// `%xx` decoded (invalid sequences kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Credentials are never shown: passwords print as `***`.
@@ -361,7 +488,7 @@ impl fmt::Display for Source {
                 }
                 Ok(())
             }
-            Source::Launch { pipeline } => write!(f, "launch:{pipeline}"),
+            Source::Launch { pipeline } => write!(f, "launch:{}", redact(pipeline)),
         }
     }
 }
@@ -438,7 +565,7 @@ mod tests {
         let s = parse("rtsp://admin:hunter2@10.0.0.7/stream").expect("valid");
         assert_eq!(s.to_string(), "rtsp://admin:***@10.0.0.7/stream");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(redact_str("rtsp://a:b@[bad"), "rtsp://***@[bad");
+        assert_eq!(redact_str("rtsp://a:b@[bad"), "rtsp://a:***@[bad");
         let launch =
             "launch:rtspsrc location=rtsp://admin:hunter2@cam/s ! decodebin ! videoconvert ! appsink";
         assert!(!redact(launch).contains("hunter2"), "{}", redact(launch));
@@ -446,5 +573,107 @@ mod tests {
         assert_eq!(parse(launch).expect("valid").passwords(), ["hunter2"]);
         assert_eq!(s.passwords(), ["hunter2"]);
         assert!(parse("rtsp://admin@cam/s").expect("valid").passwords().is_empty());
+    }
+
+    /// Every secret here is `S3cret<n>`: whatever `redact` leaves must not
+    /// contain the marker, and what is not a secret must survive.
+    #[test]
+    fn hides_every_form_of_credential() {
+        let cases = [
+            ("rtsp://admin:S3cret1@10.0.0.7:554/s", "rtsp://admin:***@10.0.0.7:554/s"),
+            ("https://u:S3cret1@h/x.mjpg?pwd=S3cret2", "https://u:***@h/x.mjpg?pwd=***"),
+            ("rtmp://u:S3cret1@h/app", "rtmp://u:***@h/app"),
+            ("srt://h:9000?mode=caller&passphrase=S3cret1", "srt://h:9000?mode=caller&passphrase=***"),
+            ("http://h/v?user=a&Password=S3cret1&x=1", "http://h/v?user=a&Password=***&x=1"),
+            ("http://h/v?TOKEN=S3cret1#frag", "http://h/v?TOKEN=***#frag"),
+            ("rtsp://u:p@ss:S3cret1@h/s", "rtsp://u:***@h/s"),
+            (
+                "launch:rtspsrc location=rtsp://u:S3cret1@a/s user-id=S3cret2 user-pw=\"S3cret 3\" ! \
+                 fakesink souphttpsrc location=\"http://u:S3cret4@b/v?access_token=S3cret5&apikey=S3cret6\" \
+                 proxy-pw=S3cret7 ! fakesink srtsrc passphrase='S3cret8' uri=\"srt://c:1?key=S3cret9\"",
+                "launch:rtspsrc location=rtsp://u:***@a/s user-id=*** user-pw=\"***\" ! \
+                 fakesink souphttpsrc location=\"http://u:***@b/v?access_token=***&apikey=***\" \
+                 proxy-pw=*** ! fakesink srtsrc passphrase='***' uri=\"srt://c:1?key=***\"",
+            ),
+            ("launch:souphttpsrc user_pw=S3cret1 ! fakesink", "launch:souphttpsrc user_pw=*** ! fakesink"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(redact(raw), want, "{raw}");
+        }
+        for plain in [
+            "launch:videotestsrc pattern=ball ! videoconvert",
+            "rtsp://admin@10.0.0.7/s?channel=1&subtype=0",
+            "test://ball?width=640&height=480&fps=15",
+            "file:///data/key.mp4",
+            "http://h/v?keyframe=1&passes=2",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
+    }
+
+    #[test]
+    fn shows_every_source_without_its_secrets() {
+        for (raw, secrets) in [
+            ("rtsp://u:S3cret1@10.0.0.7/s?token=S3cret2", &["S3cret1", "S3cret2"][..]),
+            ("http://h/v.mjpg?password=S3cret1", &["S3cret1"][..]),
+            (
+                "launch:rtspsrc location=rtsp://u:S3cret1@a/s user-pw=S3cret2 ! decodebin ! videoconvert",
+                &["S3cret1", "S3cret2"][..],
+            ),
+        ] {
+            let s = parse(raw).expect("valid");
+            assert!(!s.to_string().contains("S3cret"), "{s}");
+            assert!(!format!("{s:?}").contains("S3cret"), "{s:?}");
+            // An error that quotes a secret anywhere loses it.
+            let err = format!("401 Unauthorized for {} at rtsp://x:S3cret9@h", secrets.join(" and "));
+            assert!(!s.scrub(&err).contains("S3cret"), "{}", s.scrub(&err));
+        }
+        let encoded = parse("rtsp://u:p%40ssw0rd@h/s").expect("valid");
+        assert_eq!(encoded.scrub("auth failed for p@ssw0rd"), "auth failed for ***");
+    }
+
+    /// Property: secrets built from random characters, put in each place a
+    /// secret can be, never survive `redact`, whatever surrounds them.
+    #[test]
+    fn no_generated_secret_survives() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Characters a secret may hold in each place without ending it.
+        let alphabet: Vec<char> = "abcXYZ019-_.~!$*()+,:;=%@".chars().collect();
+        let templates = [
+            "rtsp://user:{S}@10.0.0.1:554/s",
+            "launch:rtspsrc location=rtsp://u:{S}@a/s ! decodebin ! rtspsrc location=rtsp://v:{S}@b/t",
+            "http://h/p?a=1&password={S}&b=2",
+            "http://h/p?TOKEN={S}",
+            "launch:souphttpsrc location=http://h/v user-id={S} user-pw={S} ! x",
+            "launch:srtsrc uri=srt://h:1?passphrase={S} ! x",
+            "launch:rtspsrc user-pw=\"{S} {S}\" location=rtsp://h/s",
+        ];
+        for _ in 0..3000 {
+            let len = 3 + (next() % 20) as usize;
+            let mut secret: String =
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            // A secret that starts like the place's terminator is not one.
+            secret.insert_str(0, "Q7");
+            let t = templates[(next() % templates.len() as u64) as usize];
+            let quoted = t.contains('"');
+            let s = if t.contains('?') || t.contains("user-id") {
+                // A query value or an unquoted property ends at `&`/space: keep those out.
+                secret.replace(['&', '#', '@', ':', '/', '?'], "z")
+            } else if quoted {
+                secret.replace('"', "z")
+            } else {
+                secret.replace(['@', '/', '?', '#'], "z")
+            };
+            let text = t.replace("{S}", &s);
+            let red = redact(&text);
+            assert!(!red.contains(&s), "{text} -> {red}");
+            assert!(red.contains("***"), "{text} -> {red}");
+        }
     }
 }

@@ -316,7 +316,13 @@ fn supervise(
     while !stop.is_set() {
         stats.set_state(CameraState::Starting);
         let started = Instant::now();
-        let end = run_pipeline(name, source, options, stats, slot, stop, &mut seq);
+        // Every error is scrubbed here, once, before it reaches a log line
+        // or health: GStreamer's messages can quote the URI or a property.
+        let end = match run_pipeline(name, source, options, stats, slot, stop, &mut seq) {
+            RunEnd::Fatal(e) => RunEnd::Fatal(source.scrub(&e)),
+            RunEnd::Retry(e) => RunEnd::Retry(source.scrub(&e)),
+            other => other,
+        };
         match end {
             RunEnd::Stopped => break,
             RunEnd::Ended => {

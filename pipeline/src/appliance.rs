@@ -30,16 +30,18 @@ use vigil_inference::{
 };
 
 use crate::config::LoadedConfig;
-use crate::event::DetectionsEvent;
-use crate::lifecycle::{CameraEvents, Emitted, UpdatePolicy};
+use crate::event::{DetectionsEvent, Event, ModelActivated, ModelRef};
+use crate::lifecycle::{CameraEvents, Emitted};
 use crate::metrics::{StageMetrics, escape};
 use crate::models::{Activation, ModelError, ModelSlot};
 use crate::mqtt::{self, AzureAuth, Command, LinkConfig, MqttHealth, MqttStatus, Topics};
-use crate::outbox::{Outbox, OutboxLimits};
+use crate::outbox::Outbox;
 use crate::rules::RuleState;
-use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter, Waker};
-use crate::snapshots::{Retention, SnapshotStore};
+use crate::scheduler::{BatchPolicy, InferenceQueue, RunnerStats, Submitter, Wait, Waker};
+use crate::settings::RunSettings;
+use crate::snapshots::SnapshotStore;
 use crate::threads::ThreadPlan;
+use crate::writer::EventLedger;
 use crate::{StartError, annotate, azure};
 
 /// Capacity of the events channel between the cameras and the outbox writer.
@@ -73,6 +75,8 @@ struct CameraRuntime {
     on_regions: Arc<AtomicU64>,
     motion_gating: bool,
     inference_errors: Arc<AtomicU64>,
+    /// Frames skipped because the model did not answer in time.
+    no_answer: Arc<AtomicU64>,
     worker: Mutex<Option<JoinHandle<()>>>,
     source: String,
     command: PendingCommand,
@@ -100,10 +104,16 @@ pub struct Appliance {
     model_order: Vec<String>,
     mqtt: Arc<MqttStatus>,
     outbox: Arc<Outbox>,
+    /// Events produced, and what the writer did with them.
+    ledger: Arc<EventLedger>,
     snapshots: Option<Arc<SnapshotStore>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     link: Mutex<Option<tokio::task::JoinHandle<()>>>,
     link_stop: CancellationToken,
+    /// Cancelled when shutdown begins: every long-lived HTTP stream (live
+    /// view, event stream) ends on it, so a server drain never waits on a
+    /// client that would read forever.
+    stopping: CancellationToken,
     started: Instant,
     ort_library: String,
     topics: Topics,
@@ -115,8 +125,16 @@ pub struct Appliance {
 /// Everything `/healthz` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
-    /// `ok` when every camera streams and the broker is connected, else `degraded`.
+    /// `ok`, or `degraded` when any stage is not doing its job: a camera not
+    /// streaming, the broker not connected, a model whose runs all fail, a
+    /// runner that panicked lately, an outbox that cannot store events.
     pub status: &'static str,
+    /// Why `status` is `degraded`, one sentence each (empty when `ok`).
+    pub reasons: Vec<String>,
+    /// The kind of each reason (`camera`, `mqtt`, `model_failing`,
+    /// `runner_panic`, `outbox`), for `vigil_health_degraded{reason=..}`.
+    #[serde(skip)]
+    pub reason_kinds: Vec<&'static str>,
     pub device: String,
     pub version: &'static str,
     pub uptime_s: f64,
@@ -126,6 +144,10 @@ pub struct Health {
     pub topics: TopicsJson,
     pub cameras: Vec<CameraHealth>,
     pub models: Vec<ModelHealth>,
+    /// What an operator should know although Vigil runs (a model version
+    /// that failed its checks at start and was replaced, ...); empty when
+    /// there is nothing to say.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +159,22 @@ pub struct OutboxHealth {
     pub delivered: u64,
     /// Dropped to stay within the outbox limits (oldest first).
     pub dropped: u64,
+    /// Events produced since start. Each is `written`, `pending` or `lost`
+    /// (give or take the few on their way to the writer at that instant).
+    pub emitted: u64,
+    /// Held in memory because the outbox refuses them (disk full): retried
+    /// with backoff, in order.
+    pub pending: u64,
+    /// Dropped before they were stored, so never given a `seq`: held in
+    /// memory past its bound (50 000 events or 32 MiB), or still refused at
+    /// shutdown. Logged when it happens.
+    pub lost: u64,
+    /// Failed attempts to store events.
+    pub write_errors: u64,
+    /// `false` while the outbox refuses events (`status` is `degraded`).
+    pub writable: bool,
+    /// Why the last attempt failed, while it is failing.
+    pub last_error: Option<String>,
     pub snapshots_written: u64,
     pub snapshots_dropped: u64,
 }
@@ -176,6 +214,9 @@ pub struct CameraHealth {
     pub frames_dropped_busy: u64,
     /// Frames dropped on purpose to keep to the camera's `fps`.
     pub frames_dropped_rate: u64,
+    /// Frames given up on because the model did not answer in time (a run
+    /// past its `run_timeout_ms`, a runner stuck or restarting).
+    pub frames_dropped_no_answer: u64,
     pub inference_errors: u64,
     pub reconnects: u64,
     pub width: Option<u32>,
@@ -217,6 +258,19 @@ pub struct ModelHealth {
     pub frames_run: u64,
     /// Of `runs`, those that went on a lane, beside another.
     pub lane_runs: u64,
+    /// Why the slot does not serve the version last chosen (it failed its
+    /// checks at start and an older one, or the config's, serves instead).
+    pub warnings: Vec<String>,
+    /// Of `runs`, those that failed; of them, those stopped at
+    /// `run_timeout_ms` and those whose output did not fit the decoder.
+    pub runs_failed: u64,
+    pub runs_stopped: u64,
+    pub output_errors: u64,
+    /// Panics caught in the model's runners (each restarted).
+    pub runner_panics: u64,
+    pub run_timeout_ms: u64,
+    /// The last run's error, while the runs fail.
+    pub last_error: Option<String>,
 }
 
 /// Why a snapshot could not be made.
@@ -265,8 +319,9 @@ impl Appliance {
     /// is started; cameras connect in the background.
     pub fn start(loaded: &LoadedConfig) -> Result<Arc<Appliance>, StartError> {
         let cfg = &loaded.config;
+        let settings = RunSettings::new(loaded, ThreadPlan::available_cores());
         let rt = runtime::init()?;
-        let threads = ThreadPlan::new(cfg, ThreadPlan::available_cores());
+        let threads = settings.threads.clone();
         tracing::info!(
             cores = threads.cores,
             model_threads = ?threads.model_threads,
@@ -289,25 +344,19 @@ impl Appliance {
                 .collect();
             required.sort();
             required.dedup();
-            let policy = BatchPolicy {
-                // On the CPU, copies of the session running single frames
-                // side by side beat batches (four cameras, YOLOv8n, two
-                // cores: 40 fps unbatched, 37 fps in batches, 30 % more
-                // memory); a GPU wants batches.
-                max_batch: m.batch.unwrap_or(if m.provider == vigil_inference::Provider::Cpu {
-                    1
-                } else {
-                    cameras.len().clamp(1, 8)
-                }),
-                wait: Duration::from_millis(m.batch_wait_ms),
-            };
+            let policy = settings.batch[&m.name];
             let mut options = m.options();
             options.intra_threads = threads.model_threads[&m.name];
             options.sessions = threads.model_sessions[&m.name];
             options.lanes = threads.model_lanes[&m.name];
             options.max_batch = policy.max_batch;
-            let slot = ModelSlot::open(&m.name, &m.path, options, &loaded.data_dir, cameras, required)
-                .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
+            let limits = vigil_inference::ModelLimits {
+                test_run: Duration::from_secs_f64(m.test_run_s),
+                ..vigil_inference::ModelLimits::default()
+            };
+            let slot =
+                ModelSlot::open(&m.name, &m.path, options, limits, &loaded.data_dir, cameras, required)
+                    .map_err(|e| StartError::Model { name: m.name.clone(), error: e })?;
             let det = slot.current();
             tracing::info!(
                 model = %m.name,
@@ -337,18 +386,13 @@ impl Appliance {
         }
 
         let ev = &cfg.events;
-        let outbox = Arc::new(
-            Outbox::open(
-                &loaded.data_dir.join("outbox.redb"),
-                OutboxLimits { max_events: ev.outbox_max_events, max_bytes: ev.outbox_max_mb * 1024 * 1024 },
-            )
-            .map_err(|e| {
+        let outbox =
+            Arc::new(Outbox::open(&loaded.data_dir.join("outbox.redb"), settings.outbox).map_err(|e| {
                 StartError::Config(format!(
                     "{e} (is another vigil using data_dir {}?)",
                     loaded.data_dir.display()
                 ))
-            })?,
-        );
+            })?);
         if !outbox.is_empty() {
             tracing::info!(
                 waiting = outbox.len(),
@@ -356,11 +400,7 @@ impl Appliance {
             );
         }
         let snapshots = if ev.snapshots {
-            let retention = Retention {
-                max_files: ev.snapshot_max_files,
-                max_bytes: ev.snapshot_max_mb * 1024 * 1024,
-                max_age: Duration::from_secs_f64(ev.snapshot_max_age_h * 3600.0),
-            };
+            let retention = settings.retention;
             Some(SnapshotStore::start(&loaded.data_dir.join("snapshots"), retention).map_err(|e| {
                 StartError::Config(format!("snapshots in {}: {e}", loaded.data_dir.display()))
             })?)
@@ -381,7 +421,7 @@ impl Appliance {
                     hub: hub.clone(),
                     device: device.clone(),
                     key: key.clone(),
-                    token_ttl: Duration::from_secs(cfg.mqtt.azure_token_ttl_s.max(10)),
+                    token_ttl: settings.token_ttl,
                 }),
             ),
             None => (Topics::new(&cfg.mqtt.topic_prefix, &cfg.device_id, ev.publish_detections), None),
@@ -399,9 +439,11 @@ impl Appliance {
             LinkConfig {
                 target: loaded.mqtt.clone(),
                 client_id,
-                keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_s),
+                keep_alive: settings.keep_alive,
                 topics: topics.clone(),
                 azure,
+                max_event_bytes: settings.max_event_bytes,
+                ack_timeout: settings.ack_timeout,
             },
             outbox.clone(),
             wake.clone(),
@@ -413,50 +455,32 @@ impl Appliance {
 
         // The writer: batches of events, one transaction each, then a nudge to
         // the link; each stored event also goes to the API's recent list and
-        // live stream, with the sequence number the outbox gave it.
-        let (ev_tx, mut ev_rx) = mpsc::channel::<Emitted>(EVENT_QUEUE);
+        // live stream, with the sequence number the outbox gave it. A disk
+        // that refuses them holds them in memory and retries (writer.rs).
+        let (ev_tx, ev_rx) = mpsc::channel::<Emitted>(EVENT_QUEUE);
         let recent: Arc<Mutex<VecDeque<Arc<serde_json::Value>>>> = Arc::default();
         let (live, _) = broadcast::channel(256);
-        let writer = {
-            let (outbox, wake, recent, live) = (outbox.clone(), wake.clone(), recent.clone(), live.clone());
-            tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(256);
-                while ev_rx.recv_many(&mut batch, 256).await > 0 {
-                    let jsons: Vec<Vec<u8>> = batch.iter().map(|e| e.json.clone()).collect();
-                    let rows: Vec<(u64, Vec<u8>)> =
-                        batch.drain(..).map(|e| (e.captured_ms, e.json)).collect();
-                    let n = rows.len();
-                    let ob = outbox.clone();
-                    match tokio::task::spawn_blocking(move || ob.append(&rows)).await {
-                        Ok(Ok(seqs)) => {
-                            wake.notify_one();
-                            let mut r = recent.lock();
-                            for (json, seq) in jsons.iter().zip(seqs) {
-                                if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(json) {
-                                    m.insert("seq".into(), seq.into());
-                                    let v = Arc::new(serde_json::Value::Object(m));
-                                    if r.len() >= RECENT_EVENTS {
-                                        r.pop_front();
-                                    }
-                                    r.push_back(v.clone());
-                                    let _ = live.send(v);
-                                }
-                            }
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, lost = n, "could not store events"),
-                        Err(e) => tracing::error!(error = %e, lost = n, "outbox writer failed"),
-                    }
-                }
-            })
-        };
+        let ledger = Arc::new(EventLedger::default());
+        let writer = tokio::spawn(crate::writer::run(
+            ev_rx,
+            outbox.clone(),
+            wake.clone(),
+            crate::writer::Listeners {
+                recent: recent.clone(),
+                recent_max: RECENT_EVENTS,
+                live: live.clone(),
+            },
+            ledger.clone(),
+        ));
 
-        let policy = UpdatePolicy { interval_s: ev.update_interval_s, min_move: ev.update_min_move };
+        let stopping = CancellationToken::new();
+        let policy = settings.update;
         let publish_detections = topics.detections.is_some();
         let mut cameras = Vec::new();
-        for (c, source) in cfg.cameras.iter().zip(&loaded.sources) {
+        for ((c, source), options) in cfg.cameras.iter().zip(&loaded.sources).zip(&settings.cameras) {
             let model_slot = c.model.as_ref().map(|m| models[m].clone());
             let slot = FrameSlot::new();
-            let mut options = c.options();
+            let mut options = options.clone();
             options.decode_threads = threads.decode_threads;
             let (camera, failed, source) = match source {
                 Ok(source) => (
@@ -467,7 +491,7 @@ impl Appliance {
                 Err(e) => {
                     tracing::error!(camera = %c.name, error = %e, "camera not started: its source is invalid");
                     slot.close();
-                    (None, Some(e.clone()), vigil_camera::redact(&c.source))
+                    (None, Some(vigil_camera::redact(e)), vigil_camera::redact(&c.source))
                 }
             };
             let confidence =
@@ -520,6 +544,7 @@ impl Appliance {
                 on_regions: Arc::new(AtomicU64::new(0)),
                 motion_gating: gate.is_some(),
                 inference_errors: Arc::new(AtomicU64::new(0)),
+                no_answer: Arc::new(AtomicU64::new(0)),
                 worker: Mutex::new(None),
                 source,
                 command: Arc::default(),
@@ -546,6 +571,7 @@ impl Appliance {
                 model_slot,
                 events,
                 events_tx: ev_tx.clone(),
+                ledger: ledger.clone(),
                 detections_tx: publish_detections.then(|| det_tx.clone()),
                 status: status.clone(),
                 latest: rt.latest.clone(),
@@ -554,6 +580,13 @@ impl Appliance {
                 on_regions: rt.on_regions.clone(),
                 gate,
                 errors: rt.inference_errors.clone(),
+                answer_timeout: c.model.as_ref().map_or(Duration::from_secs(10), |m| {
+                    let cameras = cfg.cameras.iter().filter(|o| o.model.as_ref() == Some(m)).count();
+                    answer_timeout(&threads, m, queues[m].1.run_timeout, cameras, max_in_flight)
+                }),
+                no_answer: rt.no_answer.clone(),
+                stopping: stopping.clone(),
+                closing: None,
                 command: rt.command.clone(),
                 line_counts: rt.line_counts.clone(),
                 stages: rt.stages.clone(),
@@ -593,10 +626,12 @@ impl Appliance {
             model_order,
             mqtt: status,
             outbox,
+            ledger,
             snapshots,
             writer: Mutex::new(Some(writer)),
             link: Mutex::new(Some(link)),
             link_stop,
+            stopping,
             started: Instant::now(),
             ort_library: rt.library.display().to_string(),
             topics,
@@ -608,6 +643,18 @@ impl Appliance {
 
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// Cancelled once shutdown begins ([`Appliance::begin_shutdown`] or
+    /// [`Appliance::shutdown`]): streams end on it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    /// Says shutdown has begun: every stream that watches
+    /// [`Appliance::stopping`] ends now. [`Appliance::shutdown`] does the rest.
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
     }
 
     pub fn topics(&self) -> &Topics {
@@ -663,31 +710,24 @@ impl Appliance {
     }
 
     async fn announce(&self, a: &Activation) {
-        let now = SystemTime::now();
-        let id = uuid::Uuid::now_v7();
-        let v = serde_json::json!({
-            "schema_version": crate::event::SCHEMA_VERSION,
-            "type": "model.activated",
-            "id": id.to_string(),
-            "device": self.device,
-            "time": crate::event::rfc3339(now),
-            "model": { "name": a.slot, "version": a.version, "sha256": a.sha256 },
-            "slot": a.slot,
-            "version": a.version,
-            "previous": a.previous,
-            "switch_ms": a.switch_ms,
-        });
-        let captured_ms =
-            now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let e = Emitted {
-            kind: "model.activated",
-            id,
-            captured_ms,
-            json: serde_json::to_vec(&v).unwrap_or_default(),
+        let model = ModelRef { name: a.slot.clone(), version: a.version, sha256: a.sha256.clone() };
+        let activated = ModelActivated {
+            slot: a.slot.clone(),
+            version: a.version,
+            previous: a.previous.clone(),
+            switch_ms: a.switch_ms,
         };
+        let event = Event::of_device(
+            uuid::Uuid::now_v7(),
+            self.device.as_str().into(),
+            SystemTime::now(),
+            model,
+            activated,
+        );
+        let e = Emitted::new(event);
         let tx = self.api_events.lock().clone();
         if let Some(tx) = tx
-            && tx.send(e).await.is_err()
+            && crate::writer::send(&tx, &self.ledger, e).await.is_err()
         {
             tracing::error!("model.activated not recorded: shutting down");
         }
@@ -785,7 +825,7 @@ impl Appliance {
             &mut o,
             "vigil_camera_frames_dropped_total",
             "counter",
-            "Frames dropped, by reason: busy (the model was slower than the camera; newest frame wins), rate (the camera's fps limit).",
+            "Frames dropped, by reason: busy (the model was slower than the camera; newest frame wins), rate (the camera's fps limit), no_answer (the model did not answer in time).",
         );
         for c in &h.cameras {
             let n = escape(&c.name);
@@ -798,6 +838,11 @@ impl Appliance {
                 o,
                 "vigil_camera_frames_dropped_total{{camera=\"{n}\",reason=\"rate\"}} {}",
                 c.frames_dropped_rate
+            );
+            let _ = writeln!(
+                o,
+                "vigil_camera_frames_dropped_total{{camera=\"{n}\",reason=\"no_answer\"}} {}",
+                c.frames_dropped_no_answer
             );
         }
         help(
@@ -907,6 +952,20 @@ impl Appliance {
         let _ = writeln!(o, "vigil_mqtt_detections_dropped_total {}", h.mqtt.detections_dropped);
         help(
             &mut o,
+            "vigil_mqtt_refused_total",
+            "counter",
+            "Events larger than mqtt.max_event_kb, removed from the outbox unsent.",
+        );
+        let _ = writeln!(o, "vigil_mqtt_refused_total {}", h.mqtt.refused);
+        help(
+            &mut o,
+            "vigil_mqtt_ack_timeouts_total",
+            "counter",
+            "Connections made again because the broker acknowledged nothing within mqtt.ack_timeout_s.",
+        );
+        let _ = writeln!(o, "vigil_mqtt_ack_timeouts_total {}", h.mqtt.ack_timeouts);
+        help(
+            &mut o,
             "vigil_model_info",
             "gauge",
             "The model version serving each slot, with its execution provider.",
@@ -945,6 +1004,63 @@ impl Appliance {
         for m in &h.models {
             let _ =
                 writeln!(o, "vigil_model_lane_runs_total{{slot=\"{}\"}} {}", escape(&m.name), m.lane_runs);
+        }
+        help(
+            &mut o,
+            "vigil_model_runs_failed_total",
+            "counter",
+            "Model runs that failed, by reason: stopped (past run_timeout_ms), output (did not fit the decoder), other.",
+        );
+        for m in &h.models {
+            let n = escape(&m.name);
+            let other = m.runs_failed.saturating_sub(m.runs_stopped + m.output_errors);
+            for (reason, v) in [("stopped", m.runs_stopped), ("output", m.output_errors), ("other", other)] {
+                let _ = writeln!(o, "vigil_model_runs_failed_total{{slot=\"{n}\",reason=\"{reason}\"}} {v}");
+            }
+        }
+        help(
+            &mut o,
+            "vigil_model_runner_panics_total",
+            "counter",
+            "Panics caught in a model's runner threads; each runner restarted.",
+        );
+        for m in &h.models {
+            let _ = writeln!(
+                o,
+                "vigil_model_runner_panics_total{{slot=\"{}\"}} {}",
+                escape(&m.name),
+                m.runner_panics
+            );
+        }
+        help(
+            &mut o,
+            "vigil_events_total",
+            "counter",
+            "Events produced (emitted), and those lost before the outbox stored them (lost).",
+        );
+        let _ = writeln!(o, "vigil_events_total{{result=\"emitted\"}} {}", h.outbox.emitted);
+        let _ = writeln!(o, "vigil_events_total{{result=\"lost\"}} {}", h.outbox.lost);
+        help(
+            &mut o,
+            "vigil_events_pending",
+            "gauge",
+            "Events held in memory because the outbox refuses them (disk full).",
+        );
+        let _ = writeln!(o, "vigil_events_pending {}", h.outbox.pending);
+        help(&mut o, "vigil_outbox_write_errors_total", "counter", "Failed attempts to store events.");
+        let _ = writeln!(o, "vigil_outbox_write_errors_total {}", h.outbox.write_errors);
+        help(
+            &mut o,
+            "vigil_health_degraded",
+            "gauge",
+            "1 while health is degraded for this kind of reason (camera, mqtt, model_failing, runner_panic, outbox); /healthz says why.",
+        );
+        for kind in ["camera", "mqtt", "model_failing", "runner_panic", "outbox"] {
+            let _ = writeln!(
+                o,
+                "vigil_health_degraded{{reason=\"{kind}\"}} {}",
+                u8::from(h.reason_kinds.contains(&kind))
+            );
         }
         help(&mut o, "vigil_uptime_seconds", "gauge", "Seconds since start.");
         let _ = writeln!(o, "vigil_uptime_seconds {}", h.uptime_s);
@@ -994,6 +1110,7 @@ impl Appliance {
                     motion_gating: c.motion_gating,
                     frames_dropped_busy: c.slot.dropped(),
                     frames_dropped_rate: dropped_rate,
+                    frames_dropped_no_answer: c.no_answer.load(Ordering::Relaxed),
                     inference_errors: c.inference_errors.load(Ordering::Relaxed),
                     reconnects,
                     width: size.map(|s| s.0),
@@ -1012,12 +1129,103 @@ impl Appliance {
             })
             .collect();
         let mqtt = self.mqtt.health();
-        let ok = cameras.iter().all(|c| c.state == "streaming") && mqtt.state == mqtt::LinkState::Connected;
         let (written, delivered, dropped) = self.outbox.counters();
         let (snapshots_written, snapshots_dropped) =
             self.snapshots.as_ref().map(|s| s.counters()).unwrap_or((0, 0));
+        let ledger = self.ledger.state();
+        let now = Instant::now();
+        let models: Vec<ModelHealth> = self
+            .model_order
+            .iter()
+            .map(|n| {
+                let d = self.models[n].current();
+                let i = d.info();
+                let runner = self.runners.get(n);
+                let count = |f: fn(&RunnerStats) -> &AtomicU64| {
+                    runner.map_or(0, |(s, _)| f(s).load(Ordering::Relaxed))
+                };
+                let record = runner.map(|(s, _)| s.last.lock().clone()).unwrap_or_default();
+                ModelHealth {
+                    name: i.name.clone(),
+                    version: i.version,
+                    sha256: i.sha256.clone(),
+                    decoder: i.decoder().as_str(),
+                    labels: i.labels().to_vec(),
+                    input: i.input_size().map(|(w, h)| [w, h]),
+                    provider: i.provider.clone(),
+                    threads: self.threads.model_threads.get(n).copied().unwrap_or(0),
+                    sessions: d.sessions(),
+                    lanes: d.lanes(),
+                    lanes_ready: d.lanes_ready(),
+                    batch_limit: runner.map_or(1, |(_, p)| p.max_batch.min(d.batch_limit())),
+                    runs: count(|s| &s.runs),
+                    frames_run: count(|s| &s.frames),
+                    lane_runs: count(|s| &s.lane_runs),
+                    runs_failed: count(|s| &s.failed_runs),
+                    runs_stopped: count(|s| &s.stopped_runs),
+                    output_errors: count(|s| &s.output_errors),
+                    runner_panics: count(|s| &s.panics),
+                    run_timeout_ms: runner.map_or(0, |(_, p)| p.run_timeout.as_millis() as u64),
+                    last_error: failing_runs(&record, now).map(|(_, e)| e),
+                    warnings: self.models[n].warnings(),
+                }
+            })
+            .collect();
+
+        let mut reasons: Vec<(&'static str, String)> = Vec::new();
+        for c in &cameras {
+            if c.state != "streaming" {
+                let why = c.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                reasons.push(("camera", format!("camera {} is {}{why}", c.name, c.state)));
+            }
+        }
+        if mqtt.state != mqtt::LinkState::Connected {
+            let why = mqtt.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            reasons.push((
+                "mqtt",
+                format!("MQTT broker {} is {}{why}", mqtt.broker, link_state_name(mqtt.state)),
+            ));
+        }
+        for m in &self.model_order {
+            let Some((stats, _)) = self.runners.get(m) else { continue };
+            let record = stats.last.lock().clone();
+            if let Some((since_ok, error)) = failing_runs(&record, now) {
+                let since = since_ok
+                    .map(|d| format!("for {:.0} s", d.as_secs_f64()))
+                    .unwrap_or_else(|| "since start".into());
+                reasons.push((
+                    "model_failing",
+                    format!("model {m}: every run has failed {since} (last: {error})"),
+                ));
+            }
+            if let Some((at, message)) = &record.last_panic
+                && now.duration_since(*at) < RUNNER_PANIC_RECENT
+            {
+                reasons.push((
+                    "runner_panic",
+                    format!(
+                        "model {m}: a runner panicked {:.0} s ago and was restarted ({} panics in all): {message}",
+                        now.duration_since(*at).as_secs_f64(),
+                        stats.panics.load(Ordering::Relaxed)
+                    ),
+                ));
+            }
+        }
+        if let Some((since, error)) = &ledger.failing {
+            reasons.push((
+                "outbox",
+                format!(
+                    "the outbox cannot store events (for {:.0} s): {error}; {} held in memory, {} lost",
+                    now.duration_since(*since).as_secs_f64(),
+                    ledger.pending,
+                    ledger.lost
+                ),
+            ));
+        }
         Health {
-            status: if ok { "ok" } else { "degraded" },
+            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            reason_kinds: reasons.iter().map(|(k, _)| *k).collect(),
+            reasons: reasons.into_iter().map(|(_, r)| r).collect(),
             device: self.device.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
@@ -1029,6 +1237,12 @@ impl Appliance {
                 written,
                 delivered,
                 dropped,
+                emitted: self.ledger.emitted(),
+                pending: ledger.pending,
+                lost: ledger.lost,
+                write_errors: ledger.write_errors,
+                writable: ledger.failing.is_none(),
+                last_error: ledger.failing.as_ref().map(|(_, e)| e.clone()),
                 snapshots_written,
                 snapshots_dropped,
             },
@@ -1039,33 +1253,11 @@ impl Appliance {
                 commands: self.topics.commands.clone(),
             },
             cameras,
-            models: self
+            models,
+            warnings: self
                 .model_order
                 .iter()
-                .map(|n| {
-                    let d = self.models[n].current();
-                    let i = d.info();
-                    ModelHealth {
-                        name: i.name.clone(),
-                        version: i.version,
-                        sha256: i.sha256.clone(),
-                        decoder: i.decoder().as_str(),
-                        labels: i.labels().to_vec(),
-                        input: i.input_size().map(|(w, h)| [w, h]),
-                        provider: i.provider.clone(),
-                        threads: self.threads.model_threads.get(n).copied().unwrap_or(0),
-                        sessions: d.sessions(),
-                        lanes: d.lanes(),
-                        lanes_ready: d.lanes_ready(),
-                        batch_limit: self.runners.get(n).map_or(1, |(_, p)| p.max_batch.min(d.batch_limit())),
-                        runs: self.runners.get(n).map_or(0, |(s, _)| s.runs.load(Ordering::Relaxed)),
-                        frames_run: self.runners.get(n).map_or(0, |(s, _)| s.frames.load(Ordering::Relaxed)),
-                        lane_runs: self
-                            .runners
-                            .get(n)
-                            .map_or(0, |(s, _)| s.lane_runs.load(Ordering::Relaxed)),
-                    }
-                })
+                .flat_map(|n| self.models[n].warnings().into_iter().map(move |w| format!("model {n}: {w}")))
                 .collect(),
         }
     }
@@ -1088,6 +1280,7 @@ impl Appliance {
     /// for the outbox writer, then stops the link, which waits briefly for
     /// acknowledgements and says `offline`. All under `deadline`.
     pub async fn shutdown(self: &Arc<Self>, deadline: Duration) {
+        self.begin_shutdown();
         let me = self.clone();
         let stop = tokio::task::spawn_blocking(move || {
             for c in &me.cameras {
@@ -1145,6 +1338,7 @@ struct Worker {
     input_buffers: usize,
     events: CameraEvents,
     events_tx: mpsc::Sender<Emitted>,
+    ledger: Arc<EventLedger>,
     detections_tx: Option<mpsc::Sender<Vec<u8>>>,
     status: Arc<MqttStatus>,
     latest: Arc<Mutex<Option<Arc<Processed>>>>,
@@ -1153,6 +1347,14 @@ struct Worker {
     on_regions: Arc<AtomicU64>,
     gate: Option<crate::motion::MotionGate>,
     errors: Arc<AtomicU64>,
+    /// How long an answer is waited for before its frame is given up on.
+    answer_timeout: Duration,
+    /// Frames given up on, and skipped, for want of an answer.
+    no_answer: Arc<AtomicU64>,
+    /// Cancelled when shutdown begins.
+    stopping: CancellationToken,
+    /// Set once shutdown has begun: the last answers' deadline.
+    closing: Option<Instant>,
     command: PendingCommand,
     line_counts: Arc<Mutex<Vec<(String, u64, u64)>>>,
     stages: Arc<StageMetrics>,
@@ -1179,6 +1381,54 @@ fn input_buffers(cameras: usize, sessions: usize, max_batch: usize, in_flight: u
     }
 }
 
+/// How long a camera's worker waits for a frame's answer before it gives
+/// the frame up: each run is stopped at `run_timeout`, and a frame may
+/// queue behind every other camera's frames on the model's runners, so a
+/// frame can take up to one run per round of the queue ahead of it, plus
+/// its own, plus a second's slack. Only a runner that is stuck past its
+/// own deadline (one operator that never returns) or gone reaches it.
+fn answer_timeout(
+    threads: &ThreadPlan,
+    model: &str,
+    run_timeout: Duration,
+    cameras: usize,
+    in_flight: usize,
+) -> Duration {
+    let runners = threads
+        .model_lanes
+        .get(model)
+        .copied()
+        .filter(|l| *l > 1)
+        .unwrap_or_else(|| threads.model_sessions.get(model).copied().unwrap_or(1));
+    let ahead = (cameras.max(1) * in_flight.max(1)).div_ceil(runners.max(1));
+    run_timeout * (ahead as u32 + 1) + Duration::from_secs(1)
+}
+
+fn link_state_name(s: mqtt::LinkState) -> &'static str {
+    match s {
+        mqtt::LinkState::Connecting => "connecting",
+        mqtt::LinkState::Connected => "connected",
+        mqtt::LinkState::Reconnecting => "reconnecting",
+        mqtt::LinkState::Stopped => "stopped",
+    }
+}
+
+/// How long after a runner's panic health still says so.
+const RUNNER_PANIC_RECENT: Duration = Duration::from_secs(60);
+/// Runs failing with none succeeding for this long: the model is failing.
+const FAILING_WINDOW: Duration = Duration::from_secs(10);
+
+/// `Some((time since the last success, the last error))` when the model's
+/// runs are failing: the last failure is recent (within
+/// [`FAILING_WINDOW`]) and no run succeeded within the window (or ever).
+/// One bad frame among good ones is an error count, not a failing model.
+fn failing_runs(r: &crate::scheduler::RunRecord, now: Instant) -> Option<(Option<Duration>, String)> {
+    let (failed_at, error) = r.last_failure.as_ref()?;
+    let since_ok = r.last_ok.map(|ok| now.duration_since(ok));
+    (now.duration_since(*failed_at) < FAILING_WINDOW && since_ok.is_none_or(|d| d >= FAILING_WINDOW))
+        .then(|| (since_ok, error.clone()))
+}
+
 /// Frames a camera of model `model` may have with its runner at once.
 fn in_flight(threads: &ThreadPlan, model: &str) -> usize {
     threads.model_lanes.get(model).copied().unwrap_or(0).max(1)
@@ -1188,6 +1438,8 @@ fn in_flight(threads: &ThreadPlan, model: &str) -> usize {
 struct InFlight {
     frame: Frame,
     model: Arc<ModelInfo>,
+    /// When its answer is given up on (`Worker::answer_timeout` after submitting).
+    deadline: Instant,
     /// Where the region the model saw starts in the frame, when it saw one.
     origin: Option<(u32, u32)>,
 }
@@ -1230,9 +1482,11 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 };
                 let Some(frame) = next else {
                     if !in_flight.is_empty() {
-                        // An answer is back; once the camera has ended, the
-                        // rest are waited for.
-                        if (answered() || w.slot.is_closed())
+                        // An answer is back, or the oldest is past its
+                        // deadline; once the camera has ended, the rest are
+                        // waited for (briefly: see `closing`).
+                        let overdue = in_flight.front().is_some_and(|j| j.deadline <= Instant::now());
+                        if (answered() || overdue || w.slot.is_closed())
                             && let Some(job) = in_flight.pop_front()
                             && !w.finish_inference(job, &mut spare, &mut last)
                         {
@@ -1273,12 +1527,7 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                         w.skipped_still.fetch_add(1, Ordering::Relaxed);
                         // The live view stays live: this frame, with the boxes
                         // of the last inference (nothing moved since).
-                        let mut latest = w.latest.lock();
-                        let (prediction, model) = latest
-                            .as_ref()
-                            .map(|p| (p.prediction.clone(), p.model.clone()))
-                            .unwrap_or_default();
-                        *latest = Some(Arc::new(Processed { frame, prediction, model }));
+                        w.show_unprocessed(frame);
                         continue;
                     }
                     if decision == crate::motion::Decision::Motion
@@ -1309,15 +1558,44 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
                 // (this keeps cameras fair): when they are all out, the
                 // next goes as soon as one comes back, whichever it is, so
                 // a free lane never waits on a slower one's frame.
-                while submitter.running() >= w.max_in_flight {
-                    if !submitter.wait_any() {
-                        break;
+                // Never without a deadline: the oldest frame's, or with only
+                // frames given up on still out (a stuck runner), a short one.
+                let mut skip = false;
+                while w.submitter.as_ref().is_some_and(|s| s.running() >= w.max_in_flight) {
+                    let until = in_flight.front().map_or_else(|| Instant::now() + STUCK_WAIT, |j| j.deadline);
+                    let Some(submitter) = w.submitter.as_ref() else { break 'frames };
+                    match submitter.wait_any_until(Some(until)) {
+                        Wait::Answered => {}
+                        Wait::Gone => break 'frames,
+                        Wait::TimedOut => match in_flight.pop_front() {
+                            // Past its deadline: given up on and counted.
+                            Some(job) => {
+                                if !w.finish_inference(job, &mut spare, &mut last) {
+                                    break 'frames;
+                                }
+                            }
+                            None => {
+                                skip = true;
+                                break;
+                            }
+                        },
                     }
                 }
+                if skip {
+                    // The runner still holds every frame this camera may
+                    // have with it: this one is skipped, counted, and the
+                    // live view keeps moving with the last boxes.
+                    w.note_no_answer(1);
+                    spare.push(prepared);
+                    w.show_unprocessed(frame);
+                    continue;
+                }
+                let Some(submitter) = w.submitter.as_ref() else { break };
                 if !submitter.submit(detector, prepared) {
                     break;
                 }
-                in_flight.push_back(InFlight { frame, model, origin });
+                let deadline = Instant::now() + w.answer_timeout;
+                in_flight.push_back(InFlight { frame, model, origin, deadline });
                 // The answers that are back, in frame order, while the
                 // runner already has the next frame.
                 while !in_flight.is_empty() && w.submitter.as_ref().is_some_and(Submitter::ready) {
@@ -1334,13 +1612,40 @@ fn spawn_worker(mut w: Worker) -> JoinHandle<()> {
             }
             // The camera stopped: every open track ends, so every start has its end.
             if let Some((frame, model)) = last {
-                let _ = send_all(&w.events_tx, w.events.finish(&frame, &model));
+                let _ = send_all(&w.events_tx, &w.ledger, w.events.finish(&frame, &model));
             }
         })
         .expect("spawning an inference thread")
 }
 
+/// With only frames given up on still at the runner, how long a new frame
+/// waits for room before it is skipped.
+const STUCK_WAIT: Duration = Duration::from_millis(200);
+/// At shutdown, how long the frames still at the runner are waited for.
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
+
 impl Worker {
+    /// Frames whose answer did not come in time: counted, and logged (the
+    /// first, then one in a hundred).
+    fn note_no_answer(&self, n: u64) {
+        let before = self.no_answer.fetch_add(n, Ordering::Relaxed);
+        if before.is_multiple_of(100) {
+            tracing::error!(
+                count = before + n,
+                timeout_ms = self.answer_timeout.as_millis() as u64,
+                "the model did not answer in time; frames skipped"
+            );
+        }
+    }
+
+    /// Shows `frame` in the live view with the last boxes, unprocessed.
+    fn show_unprocessed(&self, frame: Frame) {
+        let mut latest = self.latest.lock();
+        let (prediction, model) =
+            latest.as_ref().map(|p| (p.prediction.clone(), p.model.clone())).unwrap_or_default();
+        *latest = Some(Arc::new(Processed { frame, prediction, model }));
+    }
+
     /// Waits for the runner's answer on `job`'s frame, then publishes its
     /// detections and turns them into events. `false` when the worker must
     /// stop (the runner or the event writer is gone).
@@ -1350,11 +1655,26 @@ impl Worker {
         spare: &mut Vec<Prepared>,
         last: &mut Option<(Frame, Arc<ModelInfo>)>,
     ) -> bool {
-        let Some(done) = self.submitter.as_ref().and_then(|s| s.wait()) else {
-            return false;
+        // At shutdown, answers get a second at most: the open tracks' ends
+        // must still reach the outbox within the shutdown deadline. (A
+        // recording that ended by itself waits for its last answers.)
+        if self.stopping.is_cancelled() && self.closing.is_none() {
+            self.closing = Some(Instant::now() + CLOSING_WAIT);
+        }
+        let until = self.closing.map_or(job.deadline, |c| c.min(job.deadline));
+        let Some(submitter) = self.submitter.as_ref() else { return false };
+        let done = match submitter.wait_until(Some(until)) {
+            Ok(done) => done,
+            Err(Wait::TimedOut) => {
+                // Its buffer stays with the runner; a fresh one replaces it.
+                spare.push(Prepared::default());
+                self.note_no_answer(1);
+                return true;
+            }
+            Err(_) => return false,
         };
         spare.push(done.prepared);
-        let InFlight { frame, model, origin } = job;
+        let InFlight { frame, model, origin, .. } = job;
         let (mut prediction, timings) = match done.result {
             Ok(r) => r,
             Err(e) => {
@@ -1416,14 +1736,22 @@ impl Worker {
         *self.latest.lock() =
             Some(Arc::new(Processed { frame: frame.clone(), prediction, model: Some(model.clone()) }));
         *last = Some((frame, model));
-        send_all(&self.events_tx, emitted).is_ok()
+        send_all(&self.events_tx, &self.ledger, emitted).is_ok()
     }
 }
 
 /// Blocks while the events channel is full: events are never dropped.
-fn send_all(tx: &mpsc::Sender<Emitted>, events: Vec<Emitted>) -> Result<(), ()> {
-    for e in events {
-        tx.blocking_send(e).map_err(|_| ())?;
+fn send_all(tx: &mpsc::Sender<Emitted>, ledger: &EventLedger, events: Vec<Emitted>) -> Result<(), ()> {
+    let mut events = events.into_iter();
+    for e in events.by_ref() {
+        if crate::writer::send_blocking(tx, ledger, e).is_err() {
+            // The writer is gone: what was left of these is lost, and counted.
+            for _ in events {
+                ledger.note_emitted();
+                ledger.note_unsent();
+            }
+            return Err(());
+        }
     }
     Ok(())
 }
@@ -1460,14 +1788,21 @@ impl<'a> ModelImage<'a> {
         }
     }
 
-    /// Prepares and runs at once, on this thread.
-    pub(crate) fn detect(
+    /// Prepares and runs at once, on this thread, stopped at `deadline`
+    /// (a self-test must not hang on a model that never finishes).
+    pub(crate) fn detect_until(
         &self,
         detector: &Detector,
         scratch: &mut vigil_inference::Scratch,
+        deadline: std::time::Instant,
     ) -> Result<Prediction, vigil_inference::InferenceError> {
         self.prepare(detector, &mut scratch.prepared);
-        let mut out = detector.run_prepared(&[&scratch.prepared], &mut scratch.run)?;
+        let mut out = detector.run_prepared_until(
+            &[&scratch.prepared],
+            &mut scratch.run,
+            vigil_inference::RunOn::Main,
+            deadline,
+        )?;
         out.pop()
             .map(|(prediction, _)| prediction)
             .ok_or_else(|| vigil_inference::InferenceError::Run("no prediction".into()))
@@ -1476,7 +1811,27 @@ impl<'a> ModelImage<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::input_buffers;
+    use super::{FAILING_WINDOW, failing_runs, input_buffers};
+    use crate::scheduler::RunRecord;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_model_is_failing_only_while_no_run_succeeds_for_the_window() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let err = |at| Some((at, "the model's output on this frame does not fit its decoder".to_owned()));
+        // One bad frame among good ones: an error count, not a failing model.
+        let mixed = RunRecord { last_ok: Some(ago(1)), last_failure: err(ago(0)), last_panic: None };
+        assert!(failing_runs(&mixed, now).is_none());
+        // Failing from the start, or with the last success a window ago.
+        let never = RunRecord { last_ok: None, last_failure: err(ago(0)), last_panic: None };
+        assert_eq!(failing_runs(&never, now).map(|f| f.0), Some(None));
+        let long = RunRecord { last_ok: Some(ago(30)), last_failure: err(ago(1)), last_panic: None };
+        assert_eq!(failing_runs(&long, now).map(|f| f.0), Some(Some(Duration::from_secs(30))));
+        // Failures that stopped (no runs lately: the camera is still): over.
+        let old = RunRecord { last_ok: Some(ago(40)), last_failure: err(ago(20)), last_panic: None };
+        assert!(FAILING_WINDOW < Duration::from_secs(20) && failing_runs(&old, now).is_none());
+    }
 
     #[test]
     fn a_second_input_buffer_only_where_the_runners_would_wait_for_it() {

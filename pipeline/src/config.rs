@@ -144,6 +144,20 @@ pub struct MqttConfig {
     /// publishes its `offline` last will) after 1.5 times this.
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
+    /// Seconds an event may wait for the broker's acknowledgement (QoS 1
+    /// PUBACK) before the connection counts as dead and is made again;
+    /// what was in flight is sent again from the outbox.
+    #[serde(default = "default_ack_timeout_s")]
+    pub ack_timeout_s: u64,
+    /// Largest event published, in KiB (1 to 1024). A larger one (many
+    /// detections, a long rule output) is refused, taken out of the outbox
+    /// and counted (`refused` in health, `vigil_mqtt_refused_total`): a
+    /// broker closes the connection on a message above its limit, and the
+    /// event would block every one behind it. Keep it at or below the
+    /// broker's own limit (Mosquitto `message_size_limit`, AWS IoT 128 KiB,
+    /// Azure IoT Hub 256 KiB).
+    #[serde(default = "default_max_event_kb")]
+    pub max_event_kb: u64,
     /// `mqtts://` brokers: the CA certificate(s) that signed the broker's
     /// certificate (PEM). Unset: the system's CA certificates.
     #[serde(default)]
@@ -338,6 +352,12 @@ pub struct ModelConfig {
     /// Frames not on their way are never waited for.
     #[serde(default = "default_batch_wait_ms")]
     pub batch_wait_ms: u64,
+    /// A run still going after this many ms is stopped: its frames are
+    /// skipped (counted in `runs_stopped`, health degraded while every run
+    /// fails) and the runner takes the next. Far above a normal run, so only
+    /// a model that loops or a box that has stalled meets it.
+    #[serde(default = "default_run_timeout_ms")]
+    pub run_timeout_ms: u64,
     /// Where the model runs: `cpu`, `cuda`, `tensorrt` or `openvino`.
     #[serde(default)]
     pub provider: vigil_inference::Provider,
@@ -348,6 +368,11 @@ pub struct ModelConfig {
     /// and the fact in health) instead of refusing to start.
     #[serde(default)]
     pub allow_cpu_fallback: bool,
+    /// Seconds a test run (at load) and the self-test of an activation may
+    /// take before they are stopped: a model that loops for ever must not
+    /// hang a load, and a large model on a small board needs seconds.
+    #[serde(default = "default_test_run_s")]
+    pub test_run_s: f64,
 }
 
 impl ModelConfig {
@@ -468,8 +493,14 @@ impl CameraConfig {
 fn yes() -> bool {
     true
 }
+fn default_test_run_s() -> f64 {
+    vigil_inference::default_test_run().as_secs_f64()
+}
 fn default_batch_wait_ms() -> u64 {
     10
+}
+fn default_run_timeout_ms() -> u64 {
+    10_000
 }
 fn default_latency_ms() -> u32 {
     200
@@ -490,6 +521,12 @@ fn default_topic_prefix() -> String {
 fn default_keep_alive_s() -> u64 {
     15
 }
+fn default_ack_timeout_s() -> u64 {
+    10
+}
+fn default_max_event_kb() -> u64 {
+    256
+}
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -508,6 +545,8 @@ impl Default for MqttConfig {
             password_file: None,
             password_env: None,
             keep_alive_s: default_keep_alive_s(),
+            ack_timeout_s: default_ack_timeout_s(),
+            max_event_kb: default_max_event_kb(),
             tls_ca_file: None,
             tls_client_cert_file: None,
             tls_client_key_file: None,
@@ -675,6 +714,21 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// Upper bounds on numbers: each far beyond any sensible setting, and low
+/// enough that converting it (to bytes, a `Duration`, a deadline from now)
+/// cannot overflow or panic.
+const MAX_MB: u64 = 1 << 20;
+const MAX_SECONDS: u64 = 86_400;
+const MAX_AGE_H: f64 = 87_600.0;
+const MAX_TOKEN_TTL_S: u64 = 365 * 86_400;
+const MAX_DETECTIONS: usize = 10_000;
+const MAX_THREADS: usize = 1024;
+
+/// `v` is a finite number of seconds in `lo..=hi` (false for NaN).
+fn seconds_in(v: f64, lo: f64, hi: f64) -> bool {
+    v.is_finite() && (lo..=hi).contains(&v)
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
@@ -704,8 +758,24 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
             "mqtt.topic_prefix = {prefix:?}: must be non-empty, without `#`, `+` or a leading/trailing `/`"
         ));
     }
-    if config.mqtt.keep_alive_s < 5 {
-        p(format!("mqtt.keep_alive_s = {}: use at least 5 seconds", config.mqtt.keep_alive_s));
+    // MQTT carries the keep-alive in 16 bits: more would wrap silently.
+    if !(5..=65535).contains(&config.mqtt.keep_alive_s) {
+        p(format!("mqtt.keep_alive_s = {}: use 5 to 65535 seconds", config.mqtt.keep_alive_s));
+    }
+    if !(1..=3600).contains(&config.mqtt.ack_timeout_s) {
+        p(format!("mqtt.ack_timeout_s = {}: use 1 to 3600 seconds (10 is usual)", config.mqtt.ack_timeout_s));
+    }
+    if !(1..=1024).contains(&config.mqtt.max_event_kb) {
+        p(format!(
+            "mqtt.max_event_kb = {}: use 1 to 1024 KiB, at most the broker's message size limit",
+            config.mqtt.max_event_kb
+        ));
+    }
+    if !(10..=MAX_TOKEN_TTL_S).contains(&config.mqtt.azure_token_ttl_s) {
+        p(format!(
+            "mqtt.azure_token_ttl_s = {}: use 10 to {MAX_TOKEN_TTL_S} seconds (a year); 3600 is usual",
+            config.mqtt.azure_token_ttl_s
+        ));
     }
 
     // HTTP
@@ -725,11 +795,18 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
     {
         p(format!("http.model_signing_key: {e}"));
     }
-    if !(config.http.mjpeg_fps > 0.0 && config.http.mjpeg_fps <= 30.0)
-        || config.http.max_upload_mb == 0
-        || config.http.request_timeout_s == 0
-    {
-        p("http: mjpeg_fps must be in 0..30, max_upload_mb and request_timeout_s at least 1".into());
+    // The MJPEG period is 1 / mjpeg_fps: a tiny rate would be an endless period.
+    if !(config.http.mjpeg_fps >= 0.1 && config.http.mjpeg_fps <= 30.0) {
+        p(format!("http.mjpeg_fps = {}: use 0.1 to 30 frames per second", config.http.mjpeg_fps));
+    }
+    if !(1..=MAX_MB).contains(&config.http.max_upload_mb) {
+        p(format!("http.max_upload_mb = {}: use 1 to {MAX_MB} megabytes", config.http.max_upload_mb));
+    }
+    if !(1..=MAX_SECONDS).contains(&config.http.request_timeout_s) {
+        p(format!(
+            "http.request_timeout_s = {}: use 1 to {MAX_SECONDS} seconds",
+            config.http.request_timeout_s
+        ));
     }
 
     // Models
@@ -752,8 +829,17 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         if let Some(v) = m.iou.filter(|v| !(0.0..=1.0).contains(v)) {
             p(format!("{at}.iou = {v}: must be between 0 and 1 (e.g. 0.7)"));
         }
-        if m.max_detections == Some(0) {
-            p(format!("{at}.max_detections = 0: must be at least 1"));
+        if !(0.1..=3600.0).contains(&m.test_run_s) {
+            p(format!("{at}.test_run_s = {}: must be 0.1 to 3600 seconds (default 60)", m.test_run_s));
+        }
+        if let Some(n) = m.max_detections.filter(|n| !(1..=MAX_DETECTIONS).contains(n)) {
+            p(format!("{at}.max_detections = {n}: must be 1 to {MAX_DETECTIONS}"));
+        }
+        if m.threads > MAX_THREADS {
+            p(format!("{at}.threads = {}: at most {MAX_THREADS} (0 plans them)", m.threads));
+        }
+        if m.device_id < 0 {
+            p(format!("{at}.device_id = {}: a GPU index, 0 or more", m.device_id));
         }
         if let Some(n) = m.sessions.filter(|n| !(1..=64).contains(n)) {
             p(format!("{at}.sessions = {n}: must be 1 to 64"));
@@ -778,6 +864,9 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         }
         if m.batch_wait_ms > 1000 {
             p(format!("{at}.batch_wait_ms = {}: at most 1000 (a few ms is plenty)", m.batch_wait_ms));
+        }
+        if !(10..=3_600_000).contains(&m.run_timeout_ms) {
+            p(format!("{at}.run_timeout_ms = {}: must be 10 to 3600000 (default 10000)", m.run_timeout_ms));
         }
         for (label, v) in &m.class_confidence {
             if !(0.0..=1.0).contains(v) {
@@ -882,8 +971,18 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
                 t.low_score, t.high_score
             ));
         }
-        if t.min_hits == 0 || t.max_missing_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            p(format!("{at}.tracker: min_hits must be at least 1 and max_missing_s above 0"));
+        if t.min_hits == 0 || !(t.max_missing_s > 0.0 && t.max_missing_s <= MAX_SECONDS as f64) {
+            p(format!(
+                "{at}.tracker: min_hits must be at least 1 and max_missing_s above 0, at most {MAX_SECONDS} \
+                 (got {} and {})",
+                t.min_hits, t.max_missing_s
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.match_iou) {
+            p(format!("{at}.tracker.match_iou = {}: must be between 0 and 1 (e.g. 0.2)", t.match_iou));
+        }
+        if let Some(v) = t.confirm_score.filter(|v| !(0.0..=1.0).contains(v)) {
+            p(format!("{at}.tracker.confirm_score = {v}: must be between 0 and 1, or left out"));
         }
         let m = &c.motion;
         if !(m.min_area > 0.0 && m.min_area <= 1.0) || m.threshold == 0 {
@@ -892,8 +991,16 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
                 m.min_area, m.threshold
             ));
         }
-        if !(m.idle_interval_s.is_finite() && m.idle_interval_s > 0.0 && m.max_interval_s > 0.0) {
-            p(format!("{at}.motion: max_interval_s and idle_interval_s must be above 0"));
+        if !(seconds_in(m.idle_interval_s, 0.0, MAX_SECONDS as f64)
+            && seconds_in(m.max_interval_s, 0.0, MAX_SECONDS as f64)
+            && m.idle_interval_s > 0.0
+            && m.max_interval_s > 0.0)
+        {
+            p(format!(
+                "{at}.motion: max_interval_s and idle_interval_s must be above 0, at most {MAX_SECONDS} \
+                 (got {} and {})",
+                m.max_interval_s, m.idle_interval_s
+            ));
         }
         if m.regions && m.enabled == Some(false) {
             p(format!(
@@ -911,11 +1018,19 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         if !(c.reconnect_max_s.is_finite() && (0.5..=3600.0).contains(&c.reconnect_max_s)) {
             p(format!("{at}.reconnect_max_s = {}: use 0.5 to 3600 seconds", c.reconnect_max_s));
         }
-        if c.fps == Some(0) {
-            p(format!("{at}.fps = 0: must be at least 1, or left out for every frame"));
+        if let Some(fps) = c.fps.filter(|f| !(1..=1000).contains(f)) {
+            p(format!("{at}.fps = {fps}: use 1 to 1000, or leave it out for every frame"));
         }
-        if !(c.stall_timeout_s.is_finite() && c.stall_timeout_s >= 1.0) {
-            p(format!("{at}.stall_timeout_s = {}: must be at least 1 second", c.stall_timeout_s));
+        if c.latency_ms > 60_000 {
+            p(format!("{at}.latency_ms = {}: at most 60000 (a few hundred ms is usual)", c.latency_ms));
+        }
+        if !seconds_in(c.stall_timeout_s, 1.0, MAX_SECONDS as f64) {
+            p(format!("{at}.stall_timeout_s = {}: use 1 to {MAX_SECONDS} seconds", c.stall_timeout_s));
+        }
+        for (j, z) in c.zones.iter().enumerate() {
+            if !seconds_in(z.min_dwell_s, 0.0, MAX_SECONDS as f64) {
+                p(format!("{at}.zones[{j}].min_dwell_s = {}: use 0 to {MAX_SECONDS} seconds", z.min_dwell_s));
+            }
         }
     }
 
@@ -967,19 +1082,40 @@ fn validate(mut config: Config, file: &Path, base_dir: &Path) -> Result<LoadedCo
         for (k, v) in
             [("min_duration_s", r.min_duration_s), ("dwell_s", r.dwell_s), ("interval_s", r.interval_s)]
         {
-            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-                p(format!("{at}.{k}: must be a number of seconds, 0 or more"));
+            if v.is_some_and(|v| !seconds_in(v, 0.0, MAX_SECONDS as f64)) {
+                p(format!("{at}.{k}: must be a number of seconds, 0 to {MAX_SECONDS}"));
             }
+        }
+        if let Some(v) = r.min_score.filter(|v| !(0.0..=1.0).contains(v)) {
+            p(format!("{at}.min_score = {v}: must be between 0 and 1, or left out"));
         }
     }
     let e = &config.events;
-    if e.update_interval_s.is_nan()
-        || e.update_interval_s < 0.0
-        || e.outbox_max_events == 0
-        || e.outbox_max_mb == 0
+    if !seconds_in(e.update_interval_s, 0.0, MAX_SECONDS as f64) {
+        p(format!("events.update_interval_s = {}: use 0 to {MAX_SECONDS} seconds", e.update_interval_s));
+    }
+    if !(0.0..=1.0).contains(&e.update_min_move) {
+        p(format!(
+            "events.update_min_move = {}: a fraction of the frame, 0 to 1 (e.g. 0.02)",
+            e.update_min_move
+        ));
+    }
+    if e.outbox_max_events == 0 {
+        p("events.outbox_max_events = 0: must be at least 1".into());
+    }
+    for (k, v) in [("outbox_max_mb", e.outbox_max_mb), ("snapshot_max_mb", e.snapshot_max_mb)] {
+        if !(1..=MAX_MB).contains(&v) {
+            p(format!("events.{k} = {v}: use 1 to {MAX_MB} megabytes"));
+        }
+    }
+    // Snapshots are pruned by age in seconds (`Duration::from_secs_f64`
+    // panics on a negative or endless age).
+    if !(e.snapshot_max_age_h.is_finite() && e.snapshot_max_age_h > 0.0 && e.snapshot_max_age_h <= MAX_AGE_H)
     {
-        p("events: update_interval_s must be 0 or more, outbox_max_events and outbox_max_mb at least 1"
-            .into());
+        p(format!(
+            "events.snapshot_max_age_h = {}: use a number of hours above 0, at most {MAX_AGE_H} (ten years); 168 is a week",
+            e.snapshot_max_age_h
+        ));
     }
 
     if !problems.is_empty() {

@@ -23,9 +23,11 @@ pub mod mqtt;
 pub mod outbox;
 pub mod rules;
 pub mod scheduler;
+pub mod settings;
 pub mod snapshots;
 pub mod threads;
 pub mod tracker;
+pub mod writer;
 pub mod zones;
 
 pub use appliance::{Appliance, Health, SnapshotError};

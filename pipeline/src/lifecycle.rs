@@ -9,19 +9,22 @@
 //! ```
 //! Runs on the camera's inference thread right after the model: it is a few
 //! microseconds per frame (see `vigil bench-events`), far below inference.
-//! Events leave as JSON without `published_at`/`latency_ms`: the publisher
-//! adds those at the moment it sends.
+//! Events leave as typed [`Event`]s without `seq`, `published_at` and
+//! `latency_ms`: the outbox writer gives the `seq`, the link stamps the rest
+//! at the moment it sends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use vigil_camera::Frame;
 use vigil_inference::{BBox, ModelInfo, Prediction};
 
-use crate::event::{SCHEMA_VERSION, rfc3339};
-use crate::rules::{FrameView, RuleEvent, RuleState, track_json};
+use crate::event::{
+    Event, LineCross, ObjectEnd, ObjectStart, ObjectUpdate, Payload, TrackJson, TrackRef, ZoneEnter,
+    ZoneExit, round_ms, round4,
+};
+use crate::rules::{FrameView, RuleEvent, RuleState};
 use crate::snapshots::{SnapshotJob, SnapshotStore};
 use crate::tracker::{Tracker, TrackerConfig};
 use crate::zones::{LineConfig, ZoneConfig, ZoneEvent, ZoneState};
@@ -29,11 +32,20 @@ use crate::zones::{LineConfig, ZoneConfig, ZoneEvent, ZoneState};
 /// An event ready for the outbox.
 #[derive(Debug, Clone)]
 pub struct Emitted {
-    pub kind: &'static str,
-    pub id: uuid::Uuid,
     /// When the frame it comes from was captured (unix ms): latency is measured from it.
     pub captured_ms: u64,
-    pub json: Vec<u8>,
+    pub event: Event,
+}
+
+impl Emitted {
+    pub fn new(event: Event) -> Emitted {
+        Emitted { captured_ms: event.captured_ms(), event }
+    }
+
+    /// The JSON the outbox stores.
+    pub fn json(&self) -> Vec<u8> {
+        self.event.to_json()
+    }
 }
 
 /// When `object.update` is worth sending.
@@ -113,47 +125,22 @@ impl CameraEvents {
         self.zones.line_counts()
     }
 
-    fn envelope(
-        &self,
-        kind: &'static str,
-        frame: &Frame,
-        model: &ModelInfo,
-        body: serde_json::Map<String, Value>,
-    ) -> Emitted {
-        self.envelope_with_id(kind, uuid::Uuid::now_v7(), frame, model, body)
+    fn envelope(&self, frame: &Frame, model: &ModelInfo, payload: impl Into<Payload>) -> Emitted {
+        self.envelope_with_id(uuid::Uuid::now_v7(), frame, model, payload.into())
     }
 
     fn envelope_with_id(
         &self,
-        kind: &'static str,
         id: uuid::Uuid,
         frame: &Frame,
         model: &ModelInfo,
-        body: serde_json::Map<String, Value>,
+        payload: Payload,
     ) -> Emitted {
-        let mut v = json!({
-            "schema_version": SCHEMA_VERSION,
-            "type": kind,
-            "id": id.to_string(),
-            "device": &*self.device,
-            "camera": &*self.camera,
-            "time": rfc3339(frame.captured_at()),
-            "frame": { "seq": frame.seq(), "width": frame.width(), "height": frame.height() },
-            "model": { "name": model.name, "version": model.version, "sha256": model.sha256 },
-        });
-        if let Value::Object(m) = &mut v {
-            m.extend(body);
-        }
-        let captured_ms =
-            frame.captured_at().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Emitted { kind, id, captured_ms, json: serde_json::to_vec(&v).unwrap_or_default() }
+        Emitted::new(Event::of_frame(id, self.device.clone(), self.camera.clone(), frame, model, payload))
     }
 
-    fn snapshot_url(&self, name: &str) -> Value {
-        match &self.snapshots {
-            Some(_) => json!(format!("/api/v1/snapshots/{name}")),
-            None => Value::Null,
-        }
+    fn snapshot_url(&self, name: &str) -> Option<String> {
+        self.snapshots.as_ref().map(|_| format!("/api/v1/snapshots/{name}"))
     }
 
     fn snap(&self, name: &str, frame: &Frame, prediction: &Prediction, highlight: Option<BBox>) -> bool {
@@ -186,8 +173,7 @@ impl CameraEvents {
 
         for id in &update.started {
             let Some(tr) = self.tracker.get(*id) else { continue };
-            let body = json!({ "track": track_json(tr, w, h) });
-            out.push(self.envelope("object.start", frame, model, obj(body)));
+            out.push(self.envelope(frame, model, ObjectStart { track: TrackJson::new(tr, w, h) }));
         }
 
         let mut zone_events = Vec::new();
@@ -224,9 +210,9 @@ impl CameraEvents {
             });
             let zones_changed = last.is_none_or(|l| l.zones != zones);
             if due && (moved || zones_changed) {
-                let body = json!({ "track": track_json(tr, w, h), "zones": zones });
                 let centre = tr.bbox.center();
-                out.push(self.envelope("object.update", frame, model, obj(body)));
+                let update = ObjectUpdate { track: TrackJson::new(tr, w, h), zones: zones.clone() };
+                out.push(self.envelope(frame, model, update));
                 self.last_update.insert(*id, LastUpdate { t, centre, zones });
             }
         }
@@ -261,15 +247,13 @@ impl CameraEvents {
             r.step(&view, &mut rule_events);
         }
         for mut re in rule_events {
-            let id = uuid::Uuid::now_v7();
-            if re.snapshot {
-                let name = format!("{}-{}.jpg", re.kind.replace('.', "-"), id);
-                let url =
-                    if self.snap(&name, frame, pred, None) { self.snapshot_url(&name) } else { Value::Null };
-                re.body.insert("snapshot".into(), url);
+            let (id, kind) = (uuid::Uuid::now_v7(), re.kind());
+            if let Some(snapshot) = re.snapshot_mut() {
+                let name = format!("{}-{}.jpg", kind.replace('.', "-"), id);
+                *snapshot = if self.snap(&name, frame, pred, None) { self.snapshot_url(&name) } else { None };
             }
             // The event's id names its snapshot.
-            out.push(self.envelope_with_id(re.kind, id, frame, model, re.body));
+            out.push(self.envelope_with_id(id, frame, model, re));
         }
 
         for ze in ended_zone_events {
@@ -293,15 +277,15 @@ impl CameraEvents {
         let snapshot = if self.snapped.remove(&tr.id).is_some() {
             self.snapshot_url(&format!("track-{}-{}.jpg", self.camera, tr.id))
         } else {
-            Value::Null
+            None
         };
-        let body = json!({
-            "track": track_json(tr, w, h),
-            "duration_s": ((tr.last_seen - tr.first_seen) * 1000.0).round() / 1000.0,
-            "best_score": crate::rules::round4(tr.best_score),
-            "snapshot": snapshot,
-        });
-        self.envelope("object.end", frame, model, obj(body))
+        let end = ObjectEnd {
+            track: TrackJson::new(tr, w, h),
+            duration_s: round_ms(tr.last_seen - tr.first_seen),
+            best_score: round4(tr.best_score),
+            snapshot,
+        };
+        self.envelope(frame, model, end)
     }
 
     /// Ends every open track (the camera is stopping), so every start has its end.
@@ -338,29 +322,18 @@ impl CameraEvents {
             self.tracker
                 .get(id)
                 .or_else(|| ended.iter().find(|t| t.id == id))
-                .map(|t| track_json(t, w, h))
-                .unwrap_or(json!({ "id": id }))
+                .map(|t| TrackRef::Known(TrackJson::new(t, w, h)))
+                .unwrap_or(TrackRef::Unknown { id })
         };
-        let (kind, body) = match ze {
-            ZoneEvent::Enter { zone, track } => {
-                ("zone.enter", json!({ "zone": zone, "track": track_of(track) }))
+        let payload: Payload = match ze {
+            ZoneEvent::Enter { zone, track } => ZoneEnter { zone, track: track_of(track) }.into(),
+            ZoneEvent::Exit { zone, track, dwell_s } => {
+                ZoneExit { zone, track: track_of(track), dwell_s: round_ms(dwell_s) }.into()
             }
-            ZoneEvent::Exit { zone, track, dwell_s } => (
-                "zone.exit",
-                json!({ "zone": zone, "track": track_of(track), "dwell_s": (dwell_s * 1000.0).round() / 1000.0 }),
-            ),
-            ZoneEvent::Cross { line, track, direction, count } => (
-                "line.cross",
-                json!({ "line": line, "direction": direction, "count": count, "track": track_of(track) }),
-            ),
+            ZoneEvent::Cross { line, track, direction, count } => {
+                LineCross { line, direction, count, track: track_of(track) }.into()
+            }
         };
-        out.push(self.envelope(kind, frame, model, obj(body)));
-    }
-}
-
-fn obj(v: Value) -> serde_json::Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+        out.push(self.envelope(frame, model, payload));
     }
 }

@@ -19,10 +19,10 @@
 //! and logged: a box that cannot reach its broker for weeks keeps its most
 //! recent history rather than stopping the line or filling the disk.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -66,7 +66,13 @@ fn err(what: &'static str) -> impl Fn(String) -> OutboxError {
 
 #[derive(Debug)]
 pub struct Outbox {
-    db: Database,
+    path: PathBuf,
+    /// `None` after a failed reopen. redb latches an I/O error (a full disk,
+    /// say): every later operation fails with `PreviousIo` until the
+    /// database is closed and opened again, which the next append does.
+    db: RwLock<Option<Database>>,
+    /// An operation failed: the next append reopens the database first.
+    broken: AtomicBool,
     meta: Mutex<Meta>,
     limits: OutboxLimits,
     written: AtomicU64,
@@ -74,38 +80,45 @@ pub struct Outbox {
     deleted: AtomicU64,
 }
 
+/// Opens (or creates) the database and reads its bookkeeping.
+fn open_db(path: &Path) -> Result<(Database, Meta), OutboxError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err("directory")(format!("{}: {e}", dir.display())))?;
+    }
+    let db = Database::create(path).map_err(|e| err("open")(format!("{}: {e}", path.display())))?;
+    let w = db.begin_write().map_err(|e| err("open")(e.to_string()))?;
+    w.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
+    w.open_table(META).map_err(|e| err("open")(e.to_string()))?;
+    w.commit().map_err(|e| err("open")(e.to_string()))?;
+    let r = db.begin_read().map_err(|e| err("open")(e.to_string()))?;
+    let t = r.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
+    let count = t.len().map_err(|e| err("open")(e.to_string()))?;
+    let mut bytes = 0u64;
+    for row in t.iter().map_err(|e| err("open")(e.to_string()))? {
+        let (_, v) = row.map_err(|e| err("open")(e.to_string()))?;
+        bytes += v.value().len() as u64;
+    }
+    let after_last =
+        t.last().map_err(|e| err("open")(e.to_string()))?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    let m = r.open_table(META).map_err(|e| err("open")(e.to_string()))?;
+    let stored = m.get("next_seq").map_err(|e| err("open")(e.to_string()))?.map(|v| v.value()).unwrap_or(1);
+    let next_seq = after_last.max(stored);
+    drop(m);
+    drop(t);
+    drop(r);
+    Ok((db, Meta { next_seq, count, bytes }))
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox file; what a previous run left unsent is
     /// picked up where it was.
     pub fn open(path: &Path, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("directory")(format!("{}: {e}", dir.display())))?;
-        }
-        let db = Database::create(path).map_err(|e| err("open")(format!("{}: {e}", path.display())))?;
-        let w = db.begin_write().map_err(|e| err("open")(e.to_string()))?;
-        w.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
-        w.open_table(META).map_err(|e| err("open")(e.to_string()))?;
-        w.commit().map_err(|e| err("open")(e.to_string()))?;
-        let r = db.begin_read().map_err(|e| err("open")(e.to_string()))?;
-        let t = r.open_table(EVENTS).map_err(|e| err("open")(e.to_string()))?;
-        let count = t.len().map_err(|e| err("open")(e.to_string()))?;
-        let mut bytes = 0u64;
-        for row in t.iter().map_err(|e| err("open")(e.to_string()))? {
-            let (_, v) = row.map_err(|e| err("open")(e.to_string()))?;
-            bytes += v.value().len() as u64;
-        }
-        let after_last =
-            t.last().map_err(|e| err("open")(e.to_string()))?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-        let m = r.open_table(META).map_err(|e| err("open")(e.to_string()))?;
-        let stored =
-            m.get("next_seq").map_err(|e| err("open")(e.to_string()))?.map(|v| v.value()).unwrap_or(1);
-        let next_seq = after_last.max(stored);
-        drop(m);
-        drop(t);
-        drop(r);
+        let (db, meta) = open_db(path)?;
         Ok(Outbox {
-            db,
-            meta: Mutex::new(Meta { next_seq, count, bytes }),
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            meta: Mutex::new(meta),
             limits,
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -113,67 +126,114 @@ impl Outbox {
         })
     }
 
+    /// Runs `f` on the database; an error marks it for reopening.
+    fn with_db<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Database) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let guard = self.db.read();
+        let Some(db) = guard.as_ref() else {
+            return Err(err(what)("closed after a storage error (the next write reopens it)".into()));
+        };
+        let r = f(db);
+        if r.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Closes and reopens the database after an error: redb refuses
+    /// everything after one I/O error until then. What was committed is
+    /// all there; the sequence numbers go on from the highest given.
+    fn reopen(&self) -> Result<(), OutboxError> {
+        let mut db = self.db.write();
+        // The old handle must be gone first: redb locks the file.
+        drop(db.take());
+        let (fresh, m) = open_db(&self.path)?;
+        *db = Some(fresh);
+        let mut meta = self.meta.lock();
+        meta.next_seq = meta.next_seq.max(m.next_seq);
+        meta.count = m.count;
+        meta.bytes = m.bytes;
+        self.broken.store(false, Ordering::SeqCst);
+        tracing::info!(path = %self.path.display(), waiting = m.count, "outbox reopened after a storage error");
+        Ok(())
+    }
+
     /// Stores a batch in one transaction (one fsync) and returns the sequence
     /// numbers given to it. Makes room by dropping the oldest when full.
+    /// Nothing changes unless it commits: a failed batch can be given again.
     pub fn append(&self, events: &[(u64, Vec<u8>)]) -> Result<std::ops::Range<u64>, OutboxError> {
-        let mut meta = self.meta.lock();
-        let add_bytes: u64 = events.iter().map(|(_, j)| j.len() as u64 + 8).sum();
-        let w = self.db.begin_write().map_err(|e| err("write")(e.to_string()))?;
-        let first = meta.next_seq;
-        let mut dropped = 0u64;
-        {
-            let mut t = w.open_table(EVENTS).map_err(|e| err("write")(e.to_string()))?;
-            while meta.count > 0
-                && (meta.count + events.len() as u64 > self.limits.max_events
-                    || meta.bytes + add_bytes > self.limits.max_bytes)
+        if self.broken.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        self.with_db("write", |db| {
+            let mut meta = self.meta.lock();
+            let add_bytes: u64 = events.iter().map(|(_, j)| j.len() as u64 + 8).sum();
+            let w = db.begin_write().map_err(|e| err("write")(e.to_string()))?;
+            let first = meta.next_seq;
+            let (mut next_seq, mut count, mut bytes) = (meta.next_seq, meta.count, meta.bytes);
+            let mut dropped = 0u64;
             {
-                let Some((_, v)) = t.pop_first().map_err(|e| err("write")(e.to_string()))? else { break };
-                meta.count -= 1;
-                meta.bytes -= v.value().len() as u64;
-                dropped += 1;
+                let mut t = w.open_table(EVENTS).map_err(|e| err("write")(e.to_string()))?;
+                while count > 0
+                    && (count + events.len() as u64 > self.limits.max_events
+                        || bytes + add_bytes > self.limits.max_bytes)
+                {
+                    let Some((_, v)) = t.pop_first().map_err(|e| err("write")(e.to_string()))? else {
+                        break;
+                    };
+                    count -= 1;
+                    bytes -= v.value().len() as u64;
+                    dropped += 1;
+                }
+                let mut buf = Vec::new();
+                for (captured_ms, json) in events {
+                    buf.clear();
+                    buf.extend_from_slice(&captured_ms.to_le_bytes());
+                    buf.extend_from_slice(json);
+                    t.insert(next_seq, buf.as_slice()).map_err(|e| err("write")(e.to_string()))?;
+                    next_seq += 1;
+                    count += 1;
+                    bytes += buf.len() as u64;
+                }
+                let mut m = w.open_table(META).map_err(|e| err("write")(e.to_string()))?;
+                m.insert("next_seq", next_seq).map_err(|e| err("write")(e.to_string()))?;
             }
-            let mut buf = Vec::new();
-            for (captured_ms, json) in events {
-                buf.clear();
-                buf.extend_from_slice(&captured_ms.to_le_bytes());
-                buf.extend_from_slice(json);
-                t.insert(meta.next_seq, buf.as_slice()).map_err(|e| err("write")(e.to_string()))?;
-                meta.next_seq += 1;
-                meta.count += 1;
-                meta.bytes += buf.len() as u64;
+            w.commit().map_err(|e| err("write")(e.to_string()))?;
+            *meta = Meta { next_seq, count, bytes };
+            self.written.fetch_add(events.len() as u64, Ordering::Relaxed);
+            if dropped > 0 {
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
+                tracing::error!(
+                    dropped,
+                    max_events = self.limits.max_events,
+                    max_bytes = self.limits.max_bytes,
+                    "outbox full: dropped the oldest undelivered events to make room"
+                );
             }
-            let mut m = w.open_table(META).map_err(|e| err("write")(e.to_string()))?;
-            m.insert("next_seq", meta.next_seq).map_err(|e| err("write")(e.to_string()))?;
-        }
-        w.commit().map_err(|e| err("write")(e.to_string()))?;
-        self.written.fetch_add(events.len() as u64, Ordering::Relaxed);
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Ordering::Relaxed);
-            tracing::error!(
-                dropped,
-                max_events = self.limits.max_events,
-                max_bytes = self.limits.max_bytes,
-                "outbox full: dropped the oldest undelivered events to make room"
-            );
-        }
-        Ok(first..meta.next_seq)
+            Ok(first..next_seq)
+        })
     }
 
     /// Up to `max` events with a sequence number above `after`, in order.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Stored>, OutboxError> {
-        let r = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
-        let t = r.open_table(EVENTS).map_err(|e| err("read")(e.to_string()))?;
-        let mut out = Vec::new();
-        for row in t.range(after.saturating_add(1)..).map_err(|e| err("read")(e.to_string()))?.take(max) {
-            let (k, v) = row.map_err(|e| err("read")(e.to_string()))?;
-            let v = v.value();
-            if v.len() < 8 {
-                continue;
+        self.with_db("read", |db| {
+            let r = db.begin_read().map_err(|e| err("read")(e.to_string()))?;
+            let t = r.open_table(EVENTS).map_err(|e| err("read")(e.to_string()))?;
+            let mut out = Vec::new();
+            for row in t.range(after.saturating_add(1)..).map_err(|e| err("read")(e.to_string()))?.take(max) {
+                let (k, v) = row.map_err(|e| err("read")(e.to_string()))?;
+                let v = v.value();
+                if v.len() < 8 {
+                    continue;
+                }
+                let captured_ms = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+                out.push(Stored { seq: k.value(), captured_ms, json: v[8..].to_vec() });
             }
-            let captured_ms = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
-            out.push(Stored { seq: k.value(), captured_ms, json: v[8..].to_vec() });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Forgets acknowledged events, in one transaction.
@@ -186,23 +246,26 @@ impl Outbox {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut meta = self.meta.lock();
-        let mut w = self.db.begin_write().map_err(|e| err("delete")(e.to_string()))?;
-        w.set_durability(redb::Durability::None).map_err(|e| err("delete")(e.to_string()))?;
-        let mut n = 0;
-        {
-            let mut t = w.open_table(EVENTS).map_err(|e| err("delete")(e.to_string()))?;
-            for s in seqs {
-                if let Some(v) = t.remove(*s).map_err(|e| err("delete")(e.to_string()))? {
-                    meta.count -= 1;
-                    meta.bytes -= v.value().len() as u64;
-                    n += 1;
+        self.with_db("delete", |db| {
+            let mut meta = self.meta.lock();
+            let mut w = db.begin_write().map_err(|e| err("delete")(e.to_string()))?;
+            w.set_durability(redb::Durability::None).map_err(|e| err("delete")(e.to_string()))?;
+            let (mut n, mut count, mut bytes) = (0, meta.count, meta.bytes);
+            {
+                let mut t = w.open_table(EVENTS).map_err(|e| err("delete")(e.to_string()))?;
+                for s in seqs {
+                    if let Some(v) = t.remove(*s).map_err(|e| err("delete")(e.to_string()))? {
+                        count -= 1;
+                        bytes -= v.value().len() as u64;
+                        n += 1;
+                    }
                 }
             }
-        }
-        w.commit().map_err(|e| err("delete")(e.to_string()))?;
-        self.deleted.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+            w.commit().map_err(|e| err("delete")(e.to_string()))?;
+            (meta.count, meta.bytes) = (count, bytes);
+            self.deleted.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        })
     }
 
     /// Events waiting for the broker.
@@ -275,5 +338,67 @@ mod tests {
         let seqs: Vec<u64> = o.read_after(0, 10).expect("read").iter().map(|s| s.seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(o.counters(), (5, 0, 2));
+    }
+
+    /// A tmpfs of 4 MiB (the tests run as root), unmounted on drop.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn mount() -> SmallDisk {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "mounting a tmpfs needs root (the tests run as root)");
+            SmallDisk(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    #[test]
+    fn after_a_full_disk_the_refused_batch_is_stored_once_space_frees_and_the_sequence_has_no_gap() {
+        use std::io::Write;
+        let disk = SmallDisk::mount();
+        let o = Outbox::open(
+            &disk.0.path().join("outbox.redb"),
+            OutboxLimits { max_events: 1 << 20, max_bytes: 1 << 30 },
+        )
+        .expect("open");
+        assert_eq!(o.append(&[(1, b"{}".to_vec())]).expect("append"), 1..2);
+        // Fill the disk.
+        let filler = disk.0.path().join("filler");
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![1u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..512]).is_ok() {}
+        drop(f);
+        // Batches of 64 KiB of events until the disk refuses one.
+        let batch: Vec<(u64, Vec<u8>)> = (0..64).map(|i| (i, vec![b'x'; 1024])).collect();
+        let mut stored = 1u64;
+        let refused = (0..200).find_map(|_| match o.append(&batch) {
+            Ok(r) => {
+                stored += r.end - r.start;
+                None
+            }
+            Err(e) => Some(e),
+        });
+        let refused = refused.expect("a full disk refuses a batch");
+        assert!(o.append(&batch).is_err(), "still full: {refused}");
+        assert_eq!(o.len(), stored, "a refused batch changes nothing");
+        // Space again: the same batch goes in, numbered right after the last stored.
+        std::fs::remove_file(&filler).expect("free");
+        let r = o.append(&batch).expect("stored once there is room");
+        assert_eq!(r, stored + 1..stored + 65);
+        assert_eq!(o.len(), stored + 64);
+        let seqs: Vec<u64> = o.read_after(0, 100_000).expect("read").iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, (1..=stored + 64).collect::<Vec<_>>());
+        o.remove(&[1]).expect("remove works again too");
     }
 }

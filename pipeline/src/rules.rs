@@ -12,10 +12,14 @@
 
 use std::collections::HashMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use vigil_inference::{BBox, Detection, Prediction};
 
+use crate::event::{
+    BoxJson, CurbsideArrival, CurbsideDeparture, Defect, InspectionVerdict, Part, Payload, SafetyAlert,
+    SafetyClear, TrackJson, Verdict, round4,
+};
 use crate::tracker::Track;
 use crate::zones::{ZoneConfig, contains};
 
@@ -28,7 +32,7 @@ pub enum RuleKind {
 }
 
 /// What starts an inspection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// A tracked part entering the rule's zone; the verdict comes when it leaves.
@@ -94,77 +98,9 @@ impl RuleConfig {
     }
 }
 
-/// An event a rule produced: its type, the fields beyond the envelope, and
-/// whether it wants a snapshot of this frame.
-#[derive(Debug, Clone)]
-pub struct RuleEvent {
-    pub kind: &'static str,
-    pub body: serde_json::Map<String, Value>,
-    pub snapshot: bool,
-}
-
-/// Event names and field names of a rule about something staying in a zone.
-struct Linger {
-    start: &'static str,
-    end: &'static str,
-    /// What the zone is called in the events.
-    place: &'static str,
-    /// Seconds in the zone when `start` fires, and when the track leaves.
-    waited: &'static str,
-    stayed: &'static str,
-}
-
-const SAFETY: Linger = Linger {
-    start: "safety.alert",
-    end: "safety.clear",
-    place: "zone",
-    waited: "duration_s",
-    stayed: "duration_s",
-};
-const CURBSIDE: Linger = Linger {
-    start: "curbside.arrival",
-    end: "curbside.departure",
-    place: "bay",
-    waited: "waited_s",
-    stayed: "dwell_s",
-};
-
-fn ev(kind: &'static str, body: Value, snapshot: bool) -> RuleEvent {
-    let body = match body {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    RuleEvent { kind, body, snapshot }
-}
-
-/// A score for JSON, rounded to 4 places in f64.
-pub fn round4(v: f32) -> f64 {
-    (f64::from(v) * 10_000.0).round() / 10_000.0
-}
-
-/// JSON of a box, pixels and normalised.
-pub fn box_json(b: &BBox, w: f32, h: f32) -> Value {
-    // Rounded in f64: rounding in f32 would print as 320.70001220703125.
-    let r1 = |v: f32| (f64::from(v) * 10.0).round() / 10.0;
-    let r4 = |v: f32| (f64::from(v) * 10_000.0).round() / 10_000.0;
-    json!({
-        "box": [r1(b.x1), r1(b.y1), r1(b.x2), r1(b.y2)],
-        "box_norm": [r4(b.x1 / w), r4(b.y1 / h), r4(b.x2 / w), r4(b.y2 / h)],
-    })
-}
-
-pub fn track_json(t: &Track, w: f32, h: f32) -> Value {
-    let mut v = json!({
-        "id": t.id,
-        "label": &*t.label,
-        "class_id": t.class_id,
-        "score": round4(t.score),
-    });
-    if let (Value::Object(m), Value::Object(b)) = (&mut v, box_json(&t.bbox, w, h)) {
-        m.extend(b);
-    }
-    v
-}
+/// An event a rule produced. Those with a snapshot field get a snapshot of
+/// this frame (the caller fills in its link).
+pub type RuleEvent = Payload;
 
 #[derive(Debug, Default)]
 struct Since {
@@ -246,24 +182,49 @@ impl RuleState {
     }
 
     fn safety(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
-        self.linger(f, out, self.cfg.min_duration_s.unwrap_or(3.0), &SAFETY);
+        let (rule, zone) = (self.cfg.name.clone(), self.cfg.zone.clone());
+        self.linger(
+            f,
+            out,
+            self.cfg.min_duration_s.unwrap_or(3.0),
+            |track, duration_s| {
+                SafetyAlert { rule: rule.clone(), zone: zone.clone(), track, duration_s, snapshot: None }
+                    .into()
+            },
+            |track, duration_s| {
+                SafetyClear { rule: rule.clone(), zone: zone.clone(), track, duration_s }.into()
+            },
+        );
     }
 
     fn curbside(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
-        self.linger(f, out, self.cfg.dwell_s.unwrap_or(5.0), &CURBSIDE);
+        // A curbside rule always has its bay (the config says so).
+        let (rule, bay) = (self.cfg.name.clone(), self.cfg.zone.clone().unwrap_or_default());
+        self.linger(
+            f,
+            out,
+            self.cfg.dwell_s.unwrap_or(5.0),
+            |track, waited_s| {
+                CurbsideArrival { rule: rule.clone(), bay: bay.clone(), track, waited_s, snapshot: None }
+                    .into()
+            },
+            |track, dwell_s| {
+                CurbsideDeparture { rule: rule.clone(), bay: bay.clone(), track, dwell_s }.into()
+            },
+        );
     }
 
-    /// A watched object in the zone for `min` seconds: `names.start` once per
-    /// track; when a track that fired leaves (or ends), `names.end`.
-    fn linger(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>, min: f64, names: &Linger) {
-        let body = |rule: &str, place: &Option<String>, t: &Track, key: &str, secs: f64| {
-            let mut m = serde_json::Map::new();
-            m.insert("rule".into(), json!(rule));
-            m.insert(names.place.into(), json!(place));
-            m.insert("track".into(), track_json(t, f.width, f.height));
-            m.insert(key.into(), json!(secs));
-            Value::Object(m)
-        };
+    /// A watched object in the zone for `min` seconds: `start` once per
+    /// track; when a track that fired leaves (or ends), `end`. Both get the
+    /// track and the seconds it has been there.
+    fn linger(
+        &mut self,
+        f: &FrameView<'_>,
+        out: &mut Vec<RuleEvent>,
+        min: f64,
+        start: impl Fn(TrackJson, f64) -> Payload,
+        end: impl Fn(TrackJson, f64) -> Payload,
+    ) {
         let mut present = Vec::new();
         for t in &f.tracks {
             if self.watched(&t.label) && self.in_zone(&t.bbox, f.width, f.height) {
@@ -271,12 +232,7 @@ impl RuleState {
                 let s = self.per_track.entry(t.id).or_insert(Since { since: f.t, fired: false });
                 if !s.fired && f.t - s.since >= min {
                     s.fired = true;
-                    let waited = f.t - s.since;
-                    out.push(ev(
-                        names.start,
-                        body(&self.cfg.name, &self.cfg.zone, t, names.waited, waited),
-                        true,
-                    ));
+                    out.push(start(TrackJson::new(t, f.width, f.height), f.t - s.since));
                 }
             }
         }
@@ -289,8 +245,7 @@ impl RuleState {
             let track =
                 f.tracks.iter().copied().find(|t| t.id == id).or_else(|| f.ended.iter().find(|t| t.id == id));
             if let Some(t) = track {
-                let stayed = f.t - s.since;
-                out.push(ev(names.end, body(&self.cfg.name, &self.cfg.zone, t, names.stayed, stayed), false));
+                out.push(end(TrackJson::new(t, f.width, f.height), f.t - s.since));
             }
         }
     }
@@ -298,31 +253,26 @@ impl RuleState {
     /// Defects in this frame: detections of defect labels at or above
     /// `min_score` (inside the zone when there is one); for classifiers the
     /// top class when it is a defect label; for anomaly models the verdict.
-    fn defects(&self, f: &FrameView<'_>) -> (bool, Vec<Value>) {
+    fn defects(&self, f: &FrameView<'_>) -> (bool, Vec<Defect>) {
         let p = f.prediction;
+        let with_box = |d: &Detection| Defect {
+            label: d.label.to_string(),
+            score: round4(d.score),
+            bbox: Some(BoxJson::new(&d.bbox, f.width, f.height)),
+        };
         if let Some(a) = p.anomaly {
-            let regions: Vec<Value> = p
-                .detections
-                .iter()
-                .map(|d| {
-                    let mut v = json!({ "label": &*d.label, "score": round4(d.score) });
-                    if let (Value::Object(m), Value::Object(b)) =
-                        (&mut v, box_json(&d.bbox, f.width, f.height))
-                    {
-                        m.extend(b);
-                    }
-                    v
-                })
-                .collect();
-            return (a.is_anomalous, regions);
+            return (a.is_anomalous, p.detections.iter().map(with_box).collect());
         }
         if let Some(top) = p.classes.first() {
             let bad = self.watched(&top.label) && top.score >= self.min_score;
-            let v =
-                if bad { vec![json!({ "label": &*top.label, "score": round4(top.score) })] } else { vec![] };
+            let v = if bad {
+                vec![Defect { label: top.label.to_string(), score: round4(top.score), bbox: None }]
+            } else {
+                vec![]
+            };
             return (bad, v);
         }
-        let found: Vec<&Detection> = p
+        let found: Vec<Defect> = p
             .detections
             .iter()
             .filter(|d| {
@@ -330,32 +280,21 @@ impl RuleState {
                     && d.score >= self.min_score
                     && self.in_zone(&d.bbox, f.width, f.height)
             })
+            .map(with_box)
             .collect();
-        let v = found
-            .iter()
-            .map(|d| {
-                let mut v = json!({ "label": &*d.label, "score": round4(d.score) });
-                if let (Value::Object(m), Value::Object(b)) = (&mut v, box_json(&d.bbox, f.width, f.height)) {
-                    m.extend(b);
-                }
-                v
-            })
-            .collect();
-        (!found.is_empty(), v)
+        (!found.is_empty(), found)
     }
 
-    fn verdict(&self, trigger: &str, part: Value, bad: bool, defects: Vec<Value>) -> RuleEvent {
-        ev(
-            "inspection.verdict",
-            json!({
-                "rule": self.cfg.name,
-                "trigger": trigger,
-                "part": part,
-                "verdict": if bad { "NG" } else { "OK" },
-                "defects": defects,
-            }),
-            true,
-        )
+    fn verdict(&self, trigger: Trigger, part: Part, bad: bool, defects: Vec<Defect>) -> RuleEvent {
+        InspectionVerdict {
+            rule: self.cfg.name.clone(),
+            trigger,
+            part,
+            verdict: Verdict::of(bad),
+            defects,
+            snapshot: None,
+        }
+        .into()
     }
 
     fn inspection(&mut self, f: &FrameView<'_>, out: &mut Vec<RuleEvent>) {
@@ -363,7 +302,7 @@ impl RuleState {
             Trigger::Command => {
                 if let Some(part) = &f.command {
                     let (bad, defects) = self.defects(f);
-                    out.push(self.verdict("command", json!(part), bad, defects));
+                    out.push(self.verdict(Trigger::Command, Part::Named(part.clone()), bad, defects));
                 }
             }
             Trigger::Interval => {
@@ -371,7 +310,7 @@ impl RuleState {
                 if self.last_interval.is_none_or(|last| f.t - last >= every) {
                     self.last_interval = Some(f.t);
                     let (bad, defects) = self.defects(f);
-                    out.push(self.verdict("interval", Value::Null, bad, defects));
+                    out.push(self.verdict(Trigger::Interval, Part::Named(None), bad, defects));
                 }
             }
             Trigger::Zone => self.zone_inspection(f, out),
@@ -424,21 +363,19 @@ impl RuleState {
             let mut defects: Vec<(String, f32, BBox)> =
                 part.worst.into_iter().map(|(l, (s, b))| (l, s, b)).collect();
             defects.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let list: Vec<Value> = defects
+            let list: Vec<Defect> = defects
                 .iter()
-                .map(|(l, s, b)| {
-                    let mut v = json!({ "label": l, "score": round4(*s) });
-                    if let (Value::Object(m), Value::Object(bj)) = (&mut v, box_json(b, f.width, f.height)) {
-                        m.extend(bj);
-                    }
-                    v
+                .map(|(l, s, b)| Defect {
+                    label: l.clone(),
+                    score: round4(*s),
+                    bbox: Some(BoxJson::new(b, f.width, f.height)),
                 })
                 .collect();
-            let part_json = match track {
-                Some(t) => json!({ "track": t.id, "label": &*t.label, "in_zone_s": f.t - part.entered }),
-                None => json!({ "track": id }),
+            let part = match track {
+                Some(t) => Part::Track { track: t.id, label: t.label.clone(), in_zone_s: f.t - part.entered },
+                None => Part::TrackId { track: id },
             };
-            out.push(self.verdict("zone", part_json, !list.is_empty(), list));
+            out.push(self.verdict(Trigger::Zone, part, !list.is_empty(), list));
         }
     }
 }

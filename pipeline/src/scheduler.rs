@@ -49,6 +49,11 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// How long a batch waits for frames that are being prepared.
     pub wait: Duration,
+    /// A run still going after this is stopped (ONNX Runtime's terminate
+    /// flag): its frames fail with `Stopped`, counted, and the runner takes
+    /// the next batch. A model that loops on some pictures costs a camera
+    /// those frames, never its runner.
+    pub run_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -103,6 +108,36 @@ pub struct RunnerStats {
     pub frames: AtomicU64,
     /// Runs that went on a lane, beside another (see the module docs).
     pub lane_runs: AtomicU64,
+    /// Runs that failed, all causes; of them, those stopped at
+    /// `run_timeout` and those whose output did not fit the decoder.
+    pub failed_runs: AtomicU64,
+    pub stopped_runs: AtomicU64,
+    pub output_errors: AtomicU64,
+    /// Panics caught in a runner thread; each was logged and the runner
+    /// restarted (its batch answered with an error).
+    pub panics: AtomicU64,
+    /// When runs last succeeded and failed: health's "every run fails".
+    pub last: parking_lot::Mutex<RunRecord>,
+}
+
+/// The latest outcomes of a model's runs.
+#[derive(Debug, Default, Clone)]
+pub struct RunRecord {
+    pub last_ok: Option<Instant>,
+    pub last_failure: Option<(Instant, String)>,
+    pub last_panic: Option<(Instant, String)>,
+}
+
+impl RunnerStats {
+    fn failed(&self, error: &InferenceError) {
+        self.failed_runs.fetch_add(1, Ordering::Relaxed);
+        match error {
+            InferenceError::Stopped { .. } => self.stopped_runs.fetch_add(1, Ordering::Relaxed),
+            InferenceError::Output(_) => self.output_errors.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        self.last.lock().last_failure = Some((Instant::now(), error.to_string()));
+    }
 }
 
 /// Which runs of a laned model may go: one on the main session (every
@@ -379,6 +414,7 @@ impl InferenceQueue {
             submitted: Cell::new(0),
             answered: Cell::new(0),
             early: RefCell::default(),
+            abandoned: RefCell::default(),
             waker,
         }
     }
@@ -400,6 +436,9 @@ pub struct Submitter {
     answered: Cell<u64>,
     /// Answers that came before an older frame's (lanes finish in any order).
     early: RefCell<Vec<Done>>,
+    /// Frames given up on (no answer by their deadline) whose answers have
+    /// not come yet: dropped when they do.
+    abandoned: RefCell<std::collections::BTreeSet<u64>>,
     waker: Option<Waker>,
 }
 
@@ -434,21 +473,44 @@ impl Submitter {
         sent
     }
 
-    /// Frames with the runner now: submitted, their answers not yet back.
+    /// Frames with the runner now: submitted, their answers not yet back
+    /// (those given up on included: they still hold the runner).
     pub fn running(&self) -> usize {
         (self.submitted.get() - self.answered.get()) as usize - self.early.borrow().len()
+            + self.abandoned.borrow().len()
+    }
+
+    /// Files an answer that came: one given up on is dropped.
+    fn receive(&self, done: Done) {
+        if !self.abandoned.borrow_mut().remove(&done.ticket) {
+            self.early.borrow_mut().push(done);
+        }
     }
 
     /// Waits until some frame's answer is back (kept for [`Submitter::wait`]):
     /// its lane is free for the next frame, whichever frame it was. `false`
     /// when the runner is gone.
     pub fn wait_any(&self) -> bool {
-        match self.answers.recv() {
-            Ok(done) => {
-                self.early.borrow_mut().push(done);
-                true
+        matches!(self.wait_any_until(None), Wait::Answered)
+    }
+
+    /// [`Submitter::wait_any`], giving up at `deadline`.
+    pub fn wait_any_until(&self, deadline: Option<Instant>) -> Wait {
+        let got = match deadline {
+            None => self.answers.recv().map_err(|_| Wait::Gone),
+            Some(at) => {
+                self.answers.recv_timeout(at.saturating_duration_since(Instant::now())).map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => Wait::TimedOut,
+                    mpsc::RecvTimeoutError::Disconnected => Wait::Gone,
+                })
             }
-            Err(_) => false,
+        };
+        match got {
+            Ok(done) => {
+                self.receive(done);
+                Wait::Answered
+            }
+            Err(w) => w,
         }
     }
 
@@ -456,7 +518,7 @@ impl Submitter {
     /// will not block.
     pub fn ready(&self) -> bool {
         while let Ok(done) = self.answers.try_recv() {
-            self.early.borrow_mut().push(done);
+            self.receive(done);
         }
         let due = self.answered.get();
         self.early.borrow().iter().any(|d| d.ticket == due)
@@ -465,21 +527,45 @@ impl Submitter {
     /// The answer for the oldest frame not yet answered. `None` when the
     /// runner is gone.
     pub fn wait(&self) -> Option<Done> {
-        let due = self.answered.get();
-        let mut early = self.early.borrow_mut();
-        let done = match early.iter().position(|d| d.ticket == due) {
-            Some(i) => early.swap_remove(i),
-            None => loop {
-                let done = self.answers.recv().ok()?;
-                if done.ticket == due {
-                    break done;
-                }
-                early.push(done);
-            },
-        };
-        self.answered.set(due + 1);
-        Some(done)
+        self.wait_until(None).ok()
     }
+
+    /// [`Submitter::wait`], giving up at `deadline`: then that frame is
+    /// given up on ([`Wait::TimedOut`]; its answer, if it ever comes, is
+    /// dropped, and it counts in [`Submitter::running`] until then) and
+    /// the next call waits for the frame after it.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> Result<Done, Wait> {
+        let due = self.answered.get();
+        loop {
+            {
+                let mut early = self.early.borrow_mut();
+                if let Some(i) = early.iter().position(|d| d.ticket == due) {
+                    let done = early.swap_remove(i);
+                    self.answered.set(due + 1);
+                    return Ok(done);
+                }
+            }
+            match self.wait_any_until(deadline) {
+                Wait::Answered => {}
+                Wait::TimedOut => {
+                    self.abandoned.borrow_mut().insert(due);
+                    self.answered.set(due + 1);
+                    return Err(Wait::TimedOut);
+                }
+                Wait::Gone => return Err(Wait::Gone),
+            }
+        }
+    }
+}
+
+/// How a wait for an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Answered,
+    /// The deadline passed first.
+    TimedOut,
+    /// The runner is gone.
+    Gone,
 }
 
 impl Drop for Submitter {
@@ -506,49 +592,102 @@ struct Runner {
 }
 
 impl Runner {
+    /// Serves batches until every submitter is gone. A panic anywhere in a
+    /// step (a decoder, ONNX Runtime's bindings, a waker) is caught: logged,
+    /// counted, the batch answered with an error, the scratch buffers thrown
+    /// away, and the runner goes on with the next batch (a restart in place:
+    /// a dead runner would leave its cameras waiting and health saying ok).
     fn run(mut self) {
         let mut scratch = RunScratch::default();
         let mut batch: Vec<Job> = Vec::new();
         loop {
-            {
-                // One runner gathers at a time; the others are running.
-                let shared = self.rx.clone();
-                let Ok(rx) = shared.lock() else { return };
-                let first = match self.carry.take() {
-                    Some(job) => job,
-                    None => match rx.recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    },
-                };
-                // Lanes run one frame each: the camera's next frame goes
-                // beside this one, not into its batch.
-                let limit = match self.gate {
-                    Some(_) => 1,
-                    None => first.detector.batch_limit().min(self.policy.max_batch).max(1),
-                };
-                batch.push(first);
-                self.gather(&rx, &mut batch, limit);
-            }
-            match &self.gate {
-                Some(gate) => {
-                    let mode = gate.begin();
-                    let on = match mode {
-                        Mode::Main => RunOn::Main,
-                        Mode::Side => {
-                            // Frames come faster than main runs: the lanes
-                            // load (once, in the background) and take them.
-                            batch[0].detector.request_lanes();
-                            RunOn::Lane(self.lane)
-                        }
-                    };
-                    let t0 = Instant::now();
-                    self.execute(&mut batch, &mut scratch, on);
-                    gate.end(mode, t0.elapsed());
+            let mut begun: Option<(Mode, Instant)> = None;
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.step(&mut batch, &mut scratch, &mut begun)
+            }));
+            match step {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    let n = self.stats.panics.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.stats.last.lock().last_panic = Some((Instant::now(), message.clone()));
+                    tracing::error!(
+                        runner = self.lane,
+                        panic = %message,
+                        panics = n,
+                        frames = batch.len(),
+                        "model runner panicked; its frames fail and it restarts"
+                    );
+                    if let (Some(gate), Some((mode, t0))) = (&self.gate, begun) {
+                        gate.end(mode, t0.elapsed());
+                    }
+                    scratch = RunScratch::default();
+                    let error = InferenceError::Run(format!("the model runner panicked: {message}"));
+                    for job in batch.drain(..) {
+                        // A waker that panics again must not take the runner with it.
+                        let e = error.clone();
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.answer(Err(e))));
+                    }
                 }
-                None => self.execute(&mut batch, &mut scratch, RunOn::Main),
             }
         }
+    }
+
+    /// One batch: gather, run, answer. `false` when every submitter is gone.
+    fn step(
+        &mut self,
+        batch: &mut Vec<Job>,
+        scratch: &mut RunScratch,
+        begun: &mut Option<(Mode, Instant)>,
+    ) -> bool {
+        {
+            // One runner gathers at a time; the others are running. A
+            // runner that panicked while gathering leaves the lock poisoned
+            // but the queue intact.
+            let shared = self.rx.clone();
+            let rx = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let first = match self.carry.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                },
+            };
+            // Lanes run one frame each: the camera's next frame goes
+            // beside this one, not into its batch.
+            let limit = match self.gate {
+                Some(_) => 1,
+                None => first.detector.batch_limit().min(self.policy.max_batch).max(1),
+            };
+            batch.push(first);
+            self.gather(&rx, batch, limit);
+        }
+        match self.gate.clone() {
+            Some(gate) => {
+                let mode = gate.begin();
+                let t0 = Instant::now();
+                *begun = Some((mode, t0));
+                let on = match mode {
+                    Mode::Main => RunOn::Main,
+                    Mode::Side => {
+                        // Frames come faster than main runs: the lanes
+                        // load (once, in the background) and take them.
+                        batch[0].detector.request_lanes();
+                        RunOn::Lane(self.lane)
+                    }
+                };
+                self.execute(batch, scratch, on);
+                *begun = None;
+                gate.end(mode, t0.elapsed());
+            }
+            None => self.execute(batch, scratch, RunOn::Main),
+        }
+        true
     }
 
     /// Adds queued frames of the same version, and waits (up to the
@@ -585,25 +724,36 @@ impl Runner {
     fn execute(&self, batch: &mut Vec<Job>, scratch: &mut RunScratch, on: RunOn) {
         let n = batch.len();
         let detector = batch[0].detector.clone();
+        let deadline = Instant::now() + self.policy.run_timeout;
         let result = {
             let items: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
-            detector.run_prepared_on(&items, scratch, on)
+            detector.run_prepared_until(&items, scratch, on, deadline)
         };
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
         if on != RunOn::Main && detector.lanes_ready() {
             self.stats.lane_runs.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
+        // Each job leaves the batch only as it is answered: after a panic
+        // (in a waker, say) the rest are still there to be answered.
         match result {
             Ok(predictions) => {
-                for (job, r) in batch.drain(..).zip(predictions) {
-                    job.answer(Ok(r));
+                self.stats.last.lock().last_ok = Some(Instant::now());
+                for r in predictions {
+                    if batch.is_empty() {
+                        break;
+                    }
+                    batch.remove(0).answer(Ok(r));
+                }
+                let short = InferenceError::Run("the model gave fewer answers than frames".into());
+                while !batch.is_empty() {
+                    batch.remove(0).answer(Err(short.clone()));
                 }
             }
             Err(e) => {
-                let message = e.to_string();
-                for job in batch.drain(..) {
-                    job.answer(Err(InferenceError::Run(message.clone())));
+                self.stats.failed(&e);
+                while !batch.is_empty() {
+                    batch.remove(0).answer(Err(e.clone()));
                 }
             }
         }
@@ -828,7 +978,7 @@ mod tests {
         detector.load_lanes().expect("lanes");
         let queue = InferenceQueue::start(
             "ball",
-            BatchPolicy { max_batch: 1, wait: Duration::ZERO },
+            BatchPolicy { max_batch: 1, wait: Duration::ZERO, run_timeout: Duration::from_secs(10) },
             1,
             detector.lanes(),
             true,
@@ -883,5 +1033,88 @@ mod tests {
         assert_eq!(runs, frames_run as u64);
         // All but the probes' runs went side by side.
         assert!(lane_runs >= runs - 4, "{lane_runs} of {runs} runs on a lane");
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/misbehaving").join(name)
+    }
+
+    fn policy(run_timeout: Duration) -> BatchPolicy {
+        BatchPolicy { max_batch: 1, wait: Duration::ZERO, run_timeout }
+    }
+
+    #[test]
+    fn a_runner_that_panics_is_counted_and_restarted_and_goes_on_serving() {
+        vigil_inference::runtime::init().expect("ONNX Runtime (deploy/bootstrap.sh installs it)");
+        let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ball/ball.onnx");
+        let detector = Arc::new(
+            Detector::load("ball", &model, ModelOptions { intra_threads: 1, ..Default::default() })
+                .expect("ball"),
+        );
+        let queue = InferenceQueue::start("ball", policy(Duration::from_secs(10)), 1, 0, false);
+        // The waker runs on the runner thread after an answer: one that
+        // panics once is a real panic in the runner, wherever it came from.
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let trigger = armed.clone();
+        let submitter = queue.submitter(
+            1,
+            Some(Waker::new(move || {
+                if trigger.swap(false, Ordering::SeqCst) {
+                    panic!("a waker that panics once");
+                }
+            })),
+        );
+        let img = frame(320.0);
+        let view = ImageView::new(&img, 640, 480, 640 * 3).expect("view");
+        for i in 0..3 {
+            let mut p = Prepared::default();
+            submitter.prepare(&detector, &mut p, false, |d, p| d.prepare(&view, p));
+            assert!(submitter.submit(detector.clone(), p), "the runner takes frame {i}");
+            let done =
+                submitter.wait_until(Some(Instant::now() + Duration::from_secs(30))).expect("an answer");
+            let (pred, _) = done.result.expect("a prediction");
+            assert_eq!(pred.detections.len(), 1, "frame {i}: {pred:?}");
+        }
+        assert!(!armed.load(Ordering::SeqCst), "the waker panicked");
+        assert_eq!(queue.stats.panics.load(Ordering::Relaxed), 1);
+        assert_eq!(queue.stats.runs.load(Ordering::Relaxed), 3);
+        let record = queue.stats.last.lock().clone();
+        assert!(record.last_panic.is_some_and(|(_, m)| m.contains("panics once")));
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_is_stopped_and_an_answer_late_for_its_worker_is_given_up() {
+        vigil_inference::runtime::init().expect("ONNX Runtime (deploy/bootstrap.sh installs it)");
+        let detector = Arc::new(
+            Detector::load("loop", &fixture("endless_when_bright.onnx"), ModelOptions::default())
+                .expect("loads: its test run is on a dark frame"),
+        );
+        let queue = InferenceQueue::start("loop", policy(Duration::from_millis(1500)), 1, 0, false);
+        let submitter = queue.submitter(1, None);
+        let prepare = |v: u8| {
+            let img = vec![v; 32 * 32 * 3];
+            let view = ImageView::new(&img, 32, 32, 32 * 3).expect("view");
+            let mut p = Prepared::default();
+            detector.prepare(&view, &mut p);
+            p
+        };
+        // A bright frame loops: the worker gives its answer up at its own
+        // deadline, and the frame still counts as with the runner.
+        assert!(submitter.submit(detector.clone(), prepare(250)));
+        let t0 = Instant::now();
+        let late = submitter.wait_until(Some(t0 + Duration::from_millis(200)));
+        assert!(matches!(late, Err(Wait::TimedOut)), "{late:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "gave up on time: {:?}", t0.elapsed());
+        assert_eq!(submitter.running(), 1);
+        // The runner stops the run at its timeout; that answer is dropped.
+        assert_eq!(submitter.wait_any_until(Some(t0 + Duration::from_secs(10))), Wait::Answered);
+        assert!(t0.elapsed() >= Duration::from_millis(1400), "stopped at its timeout: {:?}", t0.elapsed());
+        assert_eq!(submitter.running(), 0);
+        assert_eq!(queue.stats.stopped_runs.load(Ordering::Relaxed), 1);
+        assert!(queue.stats.last.lock().last_failure.as_ref().is_some_and(|(_, e)| e.contains("stopped")));
+        // The runner serves the next frame.
+        assert!(submitter.submit(detector.clone(), prepare(10)));
+        let done = submitter.wait_until(Some(Instant::now() + Duration::from_secs(10))).expect("answered");
+        assert!(done.result.is_ok(), "{:?}", done.result);
     }
 }

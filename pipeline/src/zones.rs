@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use vigil_inference::BBox;
 
+use crate::event::Direction;
+
 /// Which point of a box stands for the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,7 +149,7 @@ pub enum ZoneEvent {
     Cross {
         line: String,
         track: u64,
-        direction: &'static str,
+        direction: Direction,
         count: u64,
     },
 }
@@ -249,10 +251,10 @@ impl ZoneState {
             {
                 let (direction, count) = if side(l.from, l.to, now) > 0.0 {
                     self.counts[i].0 += 1;
-                    ("left", self.counts[i].0)
+                    (Direction::Left, self.counts[i].0)
                 } else {
                     self.counts[i].1 += 1;
-                    ("right", self.counts[i].1)
+                    (Direction::Right, self.counts[i].1)
                 };
                 out.push(ZoneEvent::Cross { line: l.name.clone(), track, direction, count });
             }
@@ -394,8 +396,8 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                ZoneEvent::Cross { line: "door".into(), track: 1, direction: "left", count: 1 },
-                ZoneEvent::Cross { line: "door".into(), track: 2, direction: "right", count: 1 },
+                ZoneEvent::Cross { line: "door".into(), track: 1, direction: Direction::Left, count: 1 },
+                ZoneEvent::Cross { line: "door".into(), track: 2, direction: Direction::Right, count: 1 },
             ]
         );
         assert_eq!(s.line_counts(), vec![("door".to_string(), 1, 1)]);

@@ -135,6 +135,23 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP: the broker keeps its connections open and answers nothing
+    /// (a hung or overloaded broker, a half-open link).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("broker running");
+        let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill {sig} failed");
+    }
 }
 
 impl Drop for Mosquitto {
@@ -361,6 +378,51 @@ impl Vigil {
             assert!(Instant::now() < deadline, "vigil did not exit within 15 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit: (its status, or
+    /// `None` if it was still running and got SIGKILL; the time from the
+    /// signal to the exit; the directory, for another run).
+    pub fn terminate_within(
+        mut self,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration, tempfile::TempDir) {
+        let pid = self.child.id().to_string();
+        let t0 = Instant::now();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = t0.elapsed();
+        (status, took, std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
+    }
+
+    /// SIGTERM, without waiting: see `wait_keep_dir`.
+    pub fn send_term(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    }
+
+    /// Waits (at most 15 s) for the exit after `send_term`; returns the
+    /// exit status and the directory for another run.
+    pub fn wait_keep_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "vigil did not exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -858,4 +920,59 @@ fn mux_jpegs(dir: &Path, fps: u32, path: &Path) {
         .status()
         .expect("gst-launch-1.0");
     assert!(status.success(), "making the clip");
+}
+
+/// A raw HTTP client on a streaming route (MJPEG, server-sent events) that
+/// keeps reading in its own thread, as a browser tab left open does: how
+/// many bytes came, and whether the server ended the stream.
+pub struct StreamReader {
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StreamReader {
+    /// GET `path` on `web` (`http://127.0.0.1:PORT`) with the token.
+    pub fn open(web: &str, path: &str, token: Option<&str>) -> StreamReader {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let addr = web.trim_start_matches("http://");
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: */*\r\n\r\n").expect("request");
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, e) = (bytes.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        b.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                }
+            }
+            e.store(true, Ordering::SeqCst);
+        });
+        StreamReader { bytes, ended }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The unix time in ms at which an event was made, from its UUIDv7 `id`
+/// (its first 48 bits).
+pub fn event_made_ms(ev: &serde_json::Value) -> u64 {
+    let id = ev["id"].as_str().unwrap_or_else(|| panic!("no id in {ev}"));
+    u64::from_str_radix(&id.replace('-', "")[..12], 16).expect("UUIDv7 time")
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
 }
