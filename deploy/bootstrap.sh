@@ -50,6 +50,9 @@ APT_PACKAGES=(
     mosquitto mosquitto-clients
     python3 python3-venv python3-pip
     openssl chromium fonts-dejavu-core
+    # The container image and package tests (deploy/docker, deploy/deb); the
+    # Docker Engine itself is the machine's own.
+    debootstrap docker-compose
 )
 
 apt_install() {
@@ -182,4 +185,7 @@ fuzz_install
 deny_install
 venv_install
 ort_install
+if ! docker info >/dev/null 2>&1; then
+    log "warning: no Docker Engine answers; the container image and package tests need one"
+fi
 log "done"

@@ -23,8 +23,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_cameras;
 mod bench_events;
+mod healthcheck;
 mod infer;
 mod inspect;
+mod systemd;
 use vigil_pipeline::{Appliance, LoadedConfig};
 
 #[derive(Parser)]
@@ -90,6 +92,9 @@ enum ToolsCommand {
         #[arg(long)]
         expiry: Option<u64>,
     },
+    /// Exit 0 when the running appliance answers `/healthz` (the container
+    /// image's HEALTHCHECK; no curl needed).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +131,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => report(bench::run(&args)),
         Command::BenchCameras(args) => report(bench_cameras::run(&args)),
         Command::BenchEvents(args) => report(bench_events::run(&args)),
+        Command::Tools { command: ToolsCommand::Healthcheck(args) } => match healthcheck::run(&args) {
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vigil: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Tools { command: ToolsCommand::SasToken { hub, device, key, expiry } } => {
             let expiry = expiry.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -298,6 +313,12 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     // (cameras, workers, open tracks' ends, the outbox flush, `offline`) at
     // the same time. Both are bounded: a client that holds a request open
     // does not hold the process.
+    // Under systemd (Type=notify): ready now, pings while making progress.
+    let notifier = systemd::Notifier::from_env().map(Arc::new);
+    let watchdog = notifier.as_ref().map(|n| {
+        n.send(&format!("READY=1\nSTATUS=running as device {}", app.device()));
+        tokio::spawn(watchdog(n.clone(), app.clone()))
+    });
     let stopping = app.stopping();
     let server = axum::serve(listener, router).with_graceful_shutdown(stopping.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
@@ -309,6 +330,12 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
             return Ok(());
         }
         () = shutdown_signal() => app.begin_shutdown(),
+    }
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
+    if let Some(w) = watchdog {
+        w.abort();
     }
     let t0 = std::time::Instant::now();
     tracing::info!(deadline_s = SHUTDOWN_DEADLINE.as_secs_f64(), "shutting down");
@@ -322,6 +349,35 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     tokio::join!(http, app.shutdown(budget));
     tracing::info!(took_ms = t0.elapsed().as_millis() as u64, "stopped");
     Ok(())
+}
+
+/// Pings systemd's watchdog every half `WatchdogSec=` while the appliance
+/// makes progress; stops (so systemd restarts Vigil) once it is wedged.
+async fn watchdog(notifier: Arc<systemd::Notifier>, app: Arc<Appliance>) {
+    let Some(every) = systemd::watchdog_interval() else { return };
+    let mut progress = systemd::Progress::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wedged = false;
+    loop {
+        tick.tick().await;
+        match progress.check(&app.health()) {
+            Ok(()) => {
+                if wedged {
+                    tracing::info!("making progress again: watchdog pings resume");
+                    wedged = false;
+                }
+                notifier.send("WATCHDOG=1");
+            }
+            Err(reason) => {
+                if !wedged {
+                    tracing::error!(%reason, "no progress: watchdog pings stop, systemd will restart Vigil");
+                    notifier.send(&format!("STATUS=wedged: {reason}"));
+                    wedged = true;
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

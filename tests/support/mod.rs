@@ -292,6 +292,11 @@ impl Vigil {
     /// Like `start`, in a given directory (whose `vigil-data`, outbox
     /// included, a previous run may have left).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Vigil {
+        Vigil::start_with_env(dir, config, &[])
+    }
+
+    /// Like `start_in`, with extra environment variables.
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, envs: &[(&str, &str)]) -> Vigil {
         let cfg = dir.path().join("vigil.toml");
         std::fs::write(&cfg, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
@@ -299,6 +304,7 @@ impl Vigil {
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("stderr log"))
             .spawn()
