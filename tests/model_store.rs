@@ -76,6 +76,25 @@ fn activate(v: &Vigil, version: u64) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Starts activating `version` on its own thread: (status, body, time taken)
+/// arrive on the receiver when it answers.
+fn activate_in_background(v: &Vigil, version: u64) -> mpsc::Receiver<(u16, String, Duration)> {
+    let (tx, rx) = mpsc::channel();
+    let (web, token) = (v.web.clone(), v.token.clone());
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let (status, _, body) = http_request(
+            "POST",
+            &format!("{web}/api/v1/models/ball/versions/{version}/activate"),
+            token.as_deref(),
+            &[],
+            None,
+        );
+        let _ = tx.send((status, String::from_utf8_lossy(&body).into_owned(), t0.elapsed()));
+    });
+    rx
+}
+
 fn endless_when_bright() -> Vec<u8> {
     std::fs::read(repo_root().join("models/fixtures/misbehaving/endless_when_bright.onnx")).expect("fixture")
 }
@@ -106,19 +125,7 @@ fn a_model_that_never_finishes_its_self_test_is_stopped_and_blocks_nothing_meanw
     let endless = upload(&v, &endless_when_bright());
     let spare = upload(&v, &ball_model_variant("store: spare"));
 
-    let (tx, rx) = mpsc::channel();
-    let (web, token) = (v.web.clone(), v.token.clone());
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let (status, _, body) = http_request(
-            "POST",
-            &format!("{web}/api/v1/models/ball/versions/{endless}/activate"),
-            token.as_deref(),
-            &[],
-            None,
-        );
-        let _ = tx.send((status, String::from_utf8_lossy(&body).into_owned(), t0.elapsed()));
-    });
+    let rx = activate_in_background(&v, endless);
     wait_until(Duration::from_secs(10), "the endless model being prepared", || {
         slot(&v)["activating"] == endless
     });
@@ -167,19 +174,7 @@ fn an_activation_longer_than_the_request_timeout_answers_and_a_second_one_gets_4
     let endless = upload(&v, &endless_when_bright());
     let good = upload(&v, &ball_model_variant("store: timeout"));
 
-    let (tx, rx) = mpsc::channel();
-    let (web, token) = (v.web.clone(), v.token.clone());
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let (status, _, body) = http_request(
-            "POST",
-            &format!("{web}/api/v1/models/ball/versions/{endless}/activate"),
-            token.as_deref(),
-            &[],
-            None,
-        );
-        let _ = tx.send((status, String::from_utf8_lossy(&body).into_owned(), t0.elapsed()));
-    });
+    let rx = activate_in_background(&v, endless);
     wait_until(Duration::from_secs(10), "the activation under way", || slot(&v)["activating"] == endless);
     let (status, ctype, body) =
         v.request("POST", &format!("/api/v1/models/ball/versions/{good}/activate"), &[], None);
