@@ -75,6 +75,15 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Docker's proxy accepts on the host port even while the container is
+/// down, so wait for the broker's container to be running too.
+fn wait_for_broker(container: &str, port: u16) {
+    wait_until(Duration::from_secs(30), "Mosquitto in its container", || {
+        docker(&["inspect", "-f", "{{.State.Running}}", container]) == "true"
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
 /// Builds vigil:local and vigil-mosquitto:local once for the tests here.
 fn build_images() {
     static BUILT: OnceLock<bool> = OnceLock::new();
@@ -94,13 +103,7 @@ fn compose_runs_the_demo_and_stops_cleanly() {
         http_port: free_port(),
     };
     compose.ok(&["up", "-d", "--no-build"]);
-    // Docker's proxy accepts on the host port even while the container is
-    // down, so wait for the broker's container to be running too.
-    let mosquitto = compose.container("mosquitto");
-    wait_until(Duration::from_secs(30), "Mosquitto in its container", || {
-        docker(&["inspect", "-f", "{{.State.Running}}", &mosquitto]) == "true"
-            && std::net::TcpStream::connect(("127.0.0.1", compose.mqtt_port)).is_ok()
-    });
+    wait_for_broker(&compose.container("mosquitto"), compose.mqtt_port);
     let sub = Subscriber::connect(compose.mqtt_port, "vigil/demo/#");
     sub.expect("vigil/demo/status", "online", Duration::from_secs(120));
 
@@ -287,10 +290,7 @@ model = "ball"
         "vigil-mosquitto:local",
     ]);
     site.containers.push(broker.clone());
-    wait_until(Duration::from_secs(30), "Mosquitto in its container", || {
-        docker(&["inspect", "-f", "{{.State.Running}}", &broker]) == "true"
-            && std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_ok()
-    });
+    wait_for_broker(&broker, mqtt_port);
     let sub = Subscriber::connect(mqtt_port, "vigil/edge/#");
 
     // What the agent does with a module: its createOptions as the body of
